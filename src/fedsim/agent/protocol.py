@@ -1,0 +1,59 @@
+"""The FeatureCloud app protocol as the controller sees it; pure, tested without sockets."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class AppStatus:
+    """One answer of ``GET /api/status``; fields older engines leave out read as None."""
+
+    available: bool
+    finished: bool
+    state: str | None = None
+    message: str | None = None
+    progress: float | None = None
+    destination: str | None = None
+    memo: str | None = None
+    smpc: dict[str, Any] | None = None
+    dp: dict[str, Any] | None = None
+
+    @property
+    def failed(self) -> bool:
+        """``finished`` with ``state: "error"`` is the engine's way of reporting a crash."""
+        return self.finished and self.state == "error"
+
+    def display(self) -> dict[str, Any]:
+        """What the orchestrator is told about the app: no routing, no payload."""
+        return {"state": self.state, "message": self.message, "progress": self.progress,
+                "finished": self.finished}
+
+
+def parse_status(body: bytes | str) -> AppStatus:
+    raw = json.loads(body)
+    if isinstance(raw, str):  # some engines send the status as a JSON string inside JSON
+        raw = json.loads(raw)
+    if not isinstance(raw, dict):
+        raise ValueError(f"/api/status answered {type(raw).__name__}, not an object")
+    progress = raw.get("progress")
+    return AppStatus(
+        available=bool(raw.get("available", False)),
+        finished=bool(raw.get("finished", False)),
+        state=raw.get("state"),
+        message=raw.get("message"),
+        progress=float(progress) if isinstance(progress, (int, float)) else None,
+        destination=raw.get("destination"),
+        memo=None if raw.get("memo") is None else str(raw["memo"]),
+        smpc=raw.get("smpc"),
+        dp=raw.get("dp"),
+    )
+
+
+def setup_body(site: str, is_coordinator: bool, clients: list[str], coordinator: str
+               ) -> dict[str, Any]:
+    """Both ``coordinator`` (current engine) and ``master`` (older template) are sent."""
+    return {"id": site, "coordinator": is_coordinator, "master": is_coordinator,
+            "clients": clients, "coordinatorID": coordinator}

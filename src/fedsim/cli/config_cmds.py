@@ -1,0 +1,37 @@
+"""``fedsim init`` and ``fedsim validate``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def init(
+    path: Annotated[Path, typer.Argument(help="Where to write the template.")] = Path(
+        "fedsim.toml"),
+    force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False,
+) -> None:
+    """Write a commented config template."""
+    from fedsim.cli.output import abort, stdout
+    from fedsim.config import TEMPLATE
+    from fedsim.errors import ExitCode
+
+    if path.exists() and not force:
+        abort(f"{path} exists; use --force to overwrite it", ExitCode.CONFIG)
+    path.write_text(TEMPLATE, encoding="utf-8")
+    stdout.print(str(path))
+
+
+def validate(config: Annotated[Path, typer.Argument(help="The run config to check.")]) -> None:
+    """Check a config and every file it names, without starting anything."""
+    from fedsim.cli.output import stdout
+    from fedsim.config import load_config
+
+    cfg = load_config(config)
+    sites = ", ".join(f"{s.name}{' (coordinator)' if s.coordinator else ''}" for s in cfg.sites)
+    stdout.print(f"{config}: ok: app {cfg.app.name}, {len(cfg.sites)} sites: {sites}")
+
+
+COMMANDS = {"init": init, "validate": validate}

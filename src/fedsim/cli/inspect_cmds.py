@@ -1,0 +1,83 @@
+"""``fedsim status`` and ``fedsim logs``: read a run directory, running or done."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+RunArg = Annotated[str | None, typer.Argument(
+    help="A run directory or run id; the newest run when left out.")]
+OutputDirOpt = Annotated[Path, typer.Option("--runs", help="Where runs are kept.")]
+
+
+def _find(run: str | None, runs: Path):  # type: ignore[no-untyped-def]
+    from fedsim.cli.output import abort
+    from fedsim.errors import ExitCode
+    from fedsim.rundir import find_run
+
+    try:
+        return find_run(run, runs)
+    except FileNotFoundError as exc:
+        abort(str(exc), ExitCode.CONFIG)
+
+
+def status(run: RunArg = None, runs: OutputDirOpt = Path("runs"),
+           json_output: Annotated[bool, typer.Option("--json", help="Print summary.json.")] = False
+           ) -> None:
+    """Show a run's status, timing and traffic per site."""
+    import json
+
+    from rich.table import Table
+
+    from fedsim.cli.output import stdout
+
+    run_dir = _find(run, runs)
+    summary = run_dir.read_summary()
+    if json_output:
+        stdout.print_json(json.dumps(summary))
+        return
+    stdout.print(f"run {summary['run_id']}: [bold]{summary['status']}[/]"
+                 f" in {summary['duration_s']} s" if summary["duration_s"] is not None
+                 else f"run {summary['run_id']}: [bold]{summary['status']}[/]")
+    if summary.get("error"):
+        stdout.print(summary["error"], markup=False)
+    table = Table("site", "role", "status", "app state", "sent", "received")
+    for name, site in summary["sites"].items():
+        table.add_row(name, "coordinator" if site["coordinator"] else "participant",
+                      site["status"], str(site["app"].get("message") or ""),
+                      f"{site['messages_sent']} msg / {site['bytes_sent']} B",
+                      f"{site['messages_received']} msg / {site['bytes_received']} B")
+    stdout.print(table)
+    stdout.print(str(run_dir.path))
+
+
+def logs(run: RunArg = None, runs: OutputDirOpt = Path("runs"),
+         site: Annotated[str | None, typer.Option(help="Only this site's lines.")] = None,
+         follow: Annotated[bool, typer.Option("--follow", "-f",
+                                              help="Keep printing until the run ends.")] = False
+         ) -> None:
+    """Print a run's merged log (orchestrator, relay, every site's agent and app)."""
+    from fedsim.logs import LOG_SITE_FIELD
+
+    run_dir = _find(run, runs)
+
+    def wanted(line: str) -> bool:
+        fields = line.split(None, LOG_SITE_FIELD + 1)
+        return site is None or (len(fields) > LOG_SITE_FIELD and fields[LOG_SITE_FIELD] == site)
+
+    with open(run_dir.log_path, encoding="utf-8") as handle:
+        while True:
+            line = handle.readline()
+            if line:
+                if wanted(line):
+                    typer.echo(line, nl=False)
+                continue
+            if not follow or run_dir.read_summary()["status"] != "running":
+                break
+            time.sleep(0.2)
+
+
+COMMANDS = {"status": status, "logs": logs}

@@ -1,0 +1,48 @@
+"""Entry point: the command tree and the translation of fedsim errors into exit codes."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+
+from fedsim.cli import config_cmds, inspect_cmds, run_cmd
+
+app = typer.Typer(
+    name="fedsim",
+    help="Run FeatureCloud apps across isolated simulated sites.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def handles_errors(func: F) -> F:
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from fedsim.cli.output import abort, debug_tracebacks, stdout
+        from fedsim.errors import FedsimError, RunFailed
+
+        try:
+            return func(*args, **kwargs)
+        except FedsimError as exc:
+            if debug_tracebacks():
+                raise
+            if isinstance(exc, RunFailed) and exc.run_dir:
+                from fedsim.cli.output import stderr
+
+                stderr.print(f"[bold red]run failed:[/] {exc}", markup=True, highlight=False)
+                stdout.print(exc.run_dir)  # the run directory stays the last line of stdout
+                raise typer.Exit(int(exc.exit_code)) from None
+            abort(str(exc), int(exc.exit_code))
+
+    return wrapper  # type: ignore[return-value]
+
+
+for module in (run_cmd, config_cmds, inspect_cmds):
+    for name, command in module.COMMANDS.items():
+        app.command(name)(handles_errors(command))

@@ -1,0 +1,22 @@
+"""All terminal output of the CLI: results on stdout, messages on stderr."""
+
+from __future__ import annotations
+
+import os
+from typing import NoReturn
+
+import typer
+from rich.console import Console
+
+stderr = Console(stderr=True, highlight=False)
+stdout = Console(highlight=False, soft_wrap=True)
+
+
+def abort(message: str, code: int) -> NoReturn:
+    stderr.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    raise typer.Exit(code)
+
+
+def debug_tracebacks() -> bool:
+    """Tracebacks are for developers: shown only when FEDSIM_DEBUG is set."""
+    return bool(os.environ.get("FEDSIM_DEBUG"))

@@ -1,0 +1,180 @@
+"""The run spec: ``fedsim.toml`` parsed and checked before anything starts.
+
+Every problem is reported as ``<file>: <field>: <what is wrong>`` so that a user with
+twenty sites knows which line to fix; all problems are reported at once, not one per try.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from fedsim.errors import ConfigError
+
+SITE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9-]{0,62}$"
+"""Site names become hostnames inside the sandbox, so they follow hostname rules."""
+
+SECRET_MODE_MASK = stat.S_IRWXG | stat.S_IRWXO
+
+
+def _resolve(value: Path, info: ValidationInfo) -> Path:
+    base = (info.context or {}).get("base_dir", Path.cwd())
+    return (base / value.expanduser()).resolve()
+
+
+class SiteConfig(BaseModel):
+    """One participant: who it is, and which files it holds."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: Annotated[str, Field(pattern=SITE_NAME_PATTERN)]
+    coordinator: bool = False
+    inputs: list[Path] = Field(default_factory=list)
+    env_file: Path | None = None
+
+    @field_validator("inputs", mode="after")
+    @classmethod
+    def _inputs_exist(cls, value: list[Path], info: ValidationInfo) -> list[Path]:
+        resolved = [_resolve(p, info) for p in value]
+        missing = [str(p) for p in resolved if not p.exists()]
+        if missing:
+            raise ValueError(f"no such file or directory: {', '.join(missing)}")
+        return resolved
+
+    @field_validator("env_file", mode="after")
+    @classmethod
+    def _env_file_private(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is None:
+            return None
+        path = _resolve(value, info)
+        if not path.is_file():
+            raise ValueError(f"no such file: {path}")
+        mode = path.stat().st_mode
+        if mode & SECRET_MODE_MASK:
+            raise ValueError(
+                f"{path} holds secrets but is readable by others "
+                f"(mode {stat.S_IMODE(mode):04o}); run: chmod 600 {path}"
+            )
+        return path
+
+
+class RunConfig(BaseModel):
+    """A whole run: the app, the sites, and how the simulation behaves."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    app: Path
+    name: str | None = None
+    output_dir: Path = Path("runs")
+    timeout: Annotated[float, Field(gt=0)] = 3600.0
+    seed: int | None = None
+    shorten_waits: bool = False
+    poll_interval: Annotated[float, Field(gt=0, le=5)] = 0.02
+    sites: Annotated[list[SiteConfig], Field(min_length=1)]
+
+    @field_validator("app", mode="after")
+    @classmethod
+    def _app_is_featurecloud_dir(cls, value: Path, info: ValidationInfo) -> Path:
+        path = _resolve(value, info)
+        if not path.is_dir():
+            raise ValueError(f"no such app directory: {path}")
+        missing = [f for f in ("main.py", "requirements.txt") if not (path / f).is_file()]
+        if missing:
+            raise ValueError(f"{path} is not a FeatureCloud app directory: no {', '.join(missing)}")
+        return path
+
+    @field_validator("output_dir", mode="after")
+    @classmethod
+    def _output_dir_resolved(cls, value: Path, info: ValidationInfo) -> Path:
+        return _resolve(value, info)
+
+    @model_validator(mode="after")
+    def _roles_and_names(self) -> RunConfig:
+        names = [s.name for s in self.sites]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"site names must be unique; repeated: {', '.join(duplicates)}")
+        coordinators = [s.name for s in self.sites if s.coordinator]
+        if len(coordinators) != 1:
+            found = ", ".join(coordinators) if coordinators else "none"
+            raise ValueError(f"exactly one site needs coordinator = true; found: {found}")
+        return self
+
+    @property
+    def coordinator(self) -> SiteConfig:
+        return next(s for s in self.sites if s.coordinator)
+
+    def public_dict(self) -> dict[str, Any]:
+        """The resolved config as recorded in the run directory (the TOML holds no secrets)."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def format_validation_error(source: Path, exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            message = "unknown key (check the spelling; see `fedsim init` for every key)"
+        lines.append(f"{source}: {_field_path(err['loc'])}: {message}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | os.PathLike[str]) -> RunConfig:
+    """Read and check a run config; raise ConfigError naming the file and field on any problem."""
+    source = Path(path)
+    try:
+        raw = tomllib.loads(source.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{source}: config file not found") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
+    try:
+        return RunConfig.model_validate(raw, context={"base_dir": source.resolve().parent})
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(source, exc)) from exc
+
+
+TEMPLATE = """\
+# fedsim run config. Paths are relative to this file's folder.
+# Check it with `fedsim validate fedsim.toml`, run it with `fedsim run fedsim.toml`.
+
+# A FeatureCloud app directory (main.py, requirements.txt, states).
+app = "apps/mean"
+# name = "my-study"          # optional label, recorded in the run directory
+# output_dir = "runs"        # where runs/<run-id>/ is written
+# timeout = 3600             # seconds; the run is stopped and marked failed after this
+# seed = 42                  # makes randomness in fedsim reproducible
+# shorten_waits = false      # true: shrink the FeatureCloud engine's fixed sleeps
+#                            # (timing only, never results) for faster simulations
+# poll_interval = 0.02       # seconds between the agent's polls of the app
+
+[[sites]]
+name = "site-a"
+coordinator = true           # exactly one site coordinates
+inputs = ["data/site-a"]     # files or folders copied into this site's /mnt/input
+# env_file = "secrets/site-a.env"  # this site's secrets (mode 0600), seen only by its app
+
+[[sites]]
+name = "site-b"
+inputs = ["data/site-b"]
+"""

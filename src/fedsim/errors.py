@@ -1,0 +1,67 @@
+"""One error tree for fedsim; the CLI turns each branch into a short message and a stable exit code.
+
+    FedsimError
+    ├── ConfigError      the config (or a file it names) is wrong; nothing was started
+    ├── EnvironmentBuildError  the app's environment could not be built
+    ├── SandboxError     this machine cannot build a site sandbox (missing bwrap, ...)
+    └── RunFailed        the run started and did not finish
+        ├── SiteFailed   a site's app or agent failed
+        ├── RunTimeout   the config's timeout ran out
+        └── Interrupted  the user pressed Ctrl-C
+
+Errors from libraries underneath are translated at the boundary with ``raise ... from``.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Exit codes of the ``fedsim`` command; scripts and Snakemake rules may rely on them."""
+
+    OK = 0
+    CONFIG = 2
+    ENVIRONMENT = 3
+    SITE_FAILED = 4
+    TIMEOUT = 5
+    SANDBOX = 6
+    INTERRUPTED = 130
+
+
+class FedsimError(Exception):
+    exit_code: ExitCode = ExitCode.CONFIG
+
+
+class ConfigError(FedsimError):
+    exit_code = ExitCode.CONFIG
+
+
+class EnvironmentBuildError(FedsimError):
+    exit_code = ExitCode.ENVIRONMENT
+
+
+class SandboxError(FedsimError):
+    exit_code = ExitCode.SANDBOX
+
+
+class RunFailed(FedsimError):
+    """The run started but did not finish; ``run_dir`` holds everything collected."""
+
+    exit_code = ExitCode.SITE_FAILED
+
+    def __init__(self, message: str, run_dir: str | None = None) -> None:
+        super().__init__(message)
+        self.run_dir = run_dir
+
+
+class SiteFailed(RunFailed):
+    exit_code = ExitCode.SITE_FAILED
+
+
+class RunTimeout(RunFailed):
+    exit_code = ExitCode.TIMEOUT
+
+
+class Interrupted(RunFailed):
+    exit_code = ExitCode.INTERRUPTED

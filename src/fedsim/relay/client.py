@@ -1,0 +1,56 @@
+"""The agent's side of the relay: send as this site, read this site's mailbox."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote
+
+import httpx
+
+from fedsim.relay.app import MEMO_HEADER, SENDER_HEADER
+
+
+@dataclass(frozen=True)
+class Incoming:
+    sender: str
+    memo: str | None
+    payload: bytes
+
+
+class RelayClient:
+    """One per thread: httpx clients are not shared between the agent's loops."""
+
+    def __init__(self, socket_path: str, site: str, token: str) -> None:
+        self.site = site
+        self._client = httpx.Client(
+            transport=httpx.HTTPTransport(uds=socket_path),
+            base_url="http://relay",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=httpx.Timeout(60.0),
+        )
+
+    def send(self, payload: bytes, destination: str | None, memo: str | None) -> list[str]:
+        params = {k: v for k, v in (("destination", destination), ("memo", memo)) if v is not None}
+        response = self._client.post(f"/sites/{self.site}/messages", params=params,
+                                     content=payload)
+        response.raise_for_status()
+        return list(response.json()["receivers"])
+
+    def receive(self, wait: float) -> Incoming | None:
+        response = self._client.get(f"/sites/{self.site}/messages", params={"wait": wait})
+        response.raise_for_status()
+        if response.status_code == 204:
+            return None
+        memo = response.headers.get(MEMO_HEADER)
+        return Incoming(
+            sender=response.headers[SENDER_HEADER],
+            memo=unquote(memo) if memo is not None else None,
+            payload=response.content,
+        )
+
+    def report_status(self, status: dict[str, Any]) -> None:
+        self._client.put(f"/sites/{self.site}/status", json=status).raise_for_status()
+
+    def close(self) -> None:
+        self._client.close()

@@ -1,0 +1,71 @@
+"""What the relay holds: one mailbox per site, the sites' reported states, and the traffic."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from fedsim.relay.routing import Routing
+
+
+@dataclass(frozen=True)
+class Message:
+    sender: str
+    memo: str | None
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class TrafficRecord:
+    time: float
+    sender: str
+    receiver: str
+    memo: str | None
+    bytes: int
+
+
+@dataclass
+class RelayState:
+    """Shared between the relay's event loop (writes) and the orchestrator thread (reads)."""
+
+    routing: Routing
+    tokens: dict[str, str]
+    traffic: list[TrafficRecord] = field(default_factory=list)
+    statuses: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _mailboxes: dict[str, asyncio.Queue[Message]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def site_for_token(self, token: str) -> str | None:
+        for site, expected in self.tokens.items():
+            if hmac.compare_digest(token.encode(), expected.encode()):
+                return site
+        return None
+
+    def mailbox(self, site: str) -> asyncio.Queue[Message]:
+        if site not in self._mailboxes:
+            self._mailboxes[site] = asyncio.Queue()
+        return self._mailboxes[site]
+
+    def deliver(self, sender: str, destination: str | None, memo: str | None, payload: bytes
+                ) -> list[str]:
+        receivers = self.routing.receivers(sender, destination)
+        now = time.time()
+        for receiver in receivers:
+            self.mailbox(receiver).put_nowait(Message(sender, memo, payload))
+        with self._lock:
+            self.traffic.extend(
+                TrafficRecord(now, sender, r, memo, len(payload)) for r in receivers
+            )
+        return receivers
+
+    def set_status(self, site: str, status: dict[str, Any]) -> None:
+        with self._lock:
+            self.statuses[site] = {**status, "time": time.time()}
+
+    def snapshot(self) -> tuple[list[TrafficRecord], dict[str, dict[str, Any]]]:
+        with self._lock:
+            return list(self.traffic), {k: dict(v) for k, v in self.statuses.items()}

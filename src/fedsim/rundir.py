@@ -1,0 +1,108 @@
+"""The run directory, the unit of record: written by a run, read by status, logs and compare.
+
+    runs/<run-id>/
+        config.toml          the resolved config (no secrets: the TOML holds none)
+        fedsim.log           one merged log: orchestrator, relay, agents, apps
+        traffic.csv          one row per message: time, sender, receiver, memo, bytes
+        summary.json         status, times, per-site status and traffic
+        sites/<name>/output/       what the site's app wrote to /mnt/output
+        sites/<name>/results.zip   the same, zipped, as FeatureCloud hands it out
+        sites/<name>/site.log      that site's agent and app lines
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import secrets
+import time
+import zipfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from fedsim.relay import TrafficRecord
+
+SUMMARY = "summary.json"
+LOG = "fedsim.log"
+TRAFFIC = "traffic.csv"
+CONFIG = "config.toml"
+TRAFFIC_COLUMNS = ("time", "sender", "receiver", "memo", "bytes")
+
+
+def new_run_id(name: str | None = None) -> str:
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    label = f"-{name}" if name else ""
+    return f"{stamp}{label}-{secrets.token_hex(2)}"
+
+
+def iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(timestamp)) + (
+        f".{int(timestamp % 1 * 1000):03d}Z")
+
+
+class RunDir:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @classmethod
+    def create(cls, output_dir: Path, run_id: str) -> RunDir:
+        path = output_dir / run_id
+        (path / "sites").mkdir(parents=True)
+        return cls(path)
+
+    def site_dir(self, site: str) -> Path:
+        return self.path / "sites" / site
+
+    @property
+    def log_path(self) -> Path:
+        return self.path / LOG
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        (self.path / CONFIG).write_text(tomli_w.dumps(config), encoding="utf-8")
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        tmp = self.path / f".{SUMMARY}.tmp"
+        tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, self.path / SUMMARY)  # readers never see half a summary
+
+    def read_summary(self) -> dict[str, Any]:
+        return json.loads((self.path / SUMMARY).read_text(encoding="utf-8"))
+
+    def write_traffic(self, records: Iterable[TrafficRecord]) -> None:
+        with open(self.path / TRAFFIC, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(TRAFFIC_COLUMNS)
+            for r in records:
+                writer.writerow([iso(r.time), r.sender, r.receiver,
+                                 "" if r.memo is None else r.memo, r.bytes])
+
+    def zip_output(self, site: str) -> Path:
+        output = self.site_dir(site) / "output"
+        target = self.site_dir(site) / "results.zip"
+        with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as archive:
+            for path in sorted(output.rglob("*")):
+                if path.is_file():
+                    archive.write(path, path.relative_to(output))
+        return target
+
+
+def find_run(run: str | None, output_dir: Path = Path("runs")) -> RunDir:
+    """A run by path, by id under ``output_dir``, or the newest there when none is named."""
+    if run is not None:
+        candidate = Path(run)
+        if (candidate / SUMMARY).is_file():
+            return RunDir(candidate)
+        if (output_dir / run / SUMMARY).is_file():
+            return RunDir(output_dir / run)
+        raise FileNotFoundError(f"no run {run!r} (looked for {candidate} and {output_dir / run})")
+    runs = [p for p in output_dir.glob("*") if (p / SUMMARY).is_file()]
+    if not runs:
+        raise FileNotFoundError(f"no runs under {output_dir}/")
+    # config.toml is written once, when the run starts: its time orders runs by start
+    return RunDir(max(runs, key=lambda p: (p / CONFIG).stat().st_mtime))

@@ -1,0 +1,142 @@
+"""A site on this machine, inside a bubblewrap sandbox."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import fedsim
+from fedsim.errors import ConfigError
+from fedsim.sites.base import AgentLaunch, LineSink
+from fedsim.sites.sandbox import CONTROL_DIR, SandboxSpec, build_command
+
+RELAY_SOCKET_NAME = "relay.sock"
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+
+
+def fedsim_runtime_dirs() -> list[Path]:
+    """The trees the agent needs to run: fedsim's Python, its packages and fedsim itself."""
+    return [
+        Path(sys.base_prefix),
+        Path(sys.prefix),
+        Path(fedsim.__file__).resolve().parent.parent,
+    ]
+
+
+def copy_inputs(inputs: Sequence[Path], dest: Path) -> None:
+    """Folders are merged into ``dest``, files land under their own name; clashes are errors."""
+    dest.mkdir(parents=True, exist_ok=True)
+    seen: dict[Path, Path] = {}
+    for source in inputs:
+        if source.is_dir():
+            items = [(p, p.relative_to(source)) for p in source.rglob("*") if not p.is_dir()]
+        else:
+            items = [(source, Path(source.name))]
+        for path, rel in items:
+            if rel in seen:
+                raise ConfigError(f"inputs {seen[rel]} and {path} both provide {rel}")
+            seen[rel] = path
+            target = dest / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
+
+
+class LocalSite:
+    def __init__(self, name: str, site_dir: Path, private_dir: Path, relay_socket: Path) -> None:
+        self.name = name
+        self.output_dir = site_dir / "output"
+        self.input_dir = private_dir / "input"
+        self._control = private_dir / "control"
+        self._relay_socket = relay_socket
+        self._process: subprocess.Popen[str] | None = None
+        self._reader: threading.Thread | None = None
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self._control.mkdir(parents=True, mode=0o700, exist_ok=True)
+
+    def put_inputs(self, inputs: Sequence[Path]) -> None:
+        copy_inputs(inputs, self.input_dir)
+
+    def start(self, launch: AgentLaunch, on_line: LineSink) -> None:
+        control_files = {
+            "agent.json": self._control / "agent.json",
+            "token": self._control / "token",
+        }
+        config = {**launch.config, "relay_socket": f"{CONTROL_DIR}/{RELAY_SOCKET_NAME}",
+                  "token_file": f"{CONTROL_DIR}/token", "app_dir": "/app"}
+        if launch.env_file is not None:
+            # bound straight from where the site's owner keeps it: never copied, never read here
+            control_files["site.env"] = launch.env_file
+            config["env_file"] = f"{CONTROL_DIR}/site.env"
+        _write_private(control_files["agent.json"], json.dumps(config))
+        _write_private(control_files["token"], launch.token)
+        spec = SandboxSpec(
+            hostname=self.name,
+            input_dir=self.input_dir,
+            output_dir=self.output_dir,
+            app_dir=launch.app_dir,
+            runtime_dirs=[*fedsim_runtime_dirs(), launch.app_env,
+                          *_venv_base_dirs(launch.app_env)],
+            control_files=control_files,
+            sockets={RELAY_SOCKET_NAME: self._relay_socket},
+        )
+        argv = [sys.executable, "-m", "fedsim.agent", f"{CONTROL_DIR}/agent.json"]
+        self._process = subprocess.Popen(
+            build_command(spec, argv),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+            bufsize=1,
+            start_new_session=True,  # Ctrl-C reaches the orchestrator only; it stops sites itself
+        )
+        self._reader = threading.Thread(
+            target=self._pump, args=(self._process, on_line), name=f"site-{self.name}", daemon=True
+        )
+        self._reader.start()
+
+    @staticmethod
+    def _pump(process: subprocess.Popen[str], on_line: LineSink) -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            on_line(line)
+
+    def poll(self) -> int | None:
+        return None if self._process is None else self._process.poll()
+
+    def stop(self) -> None:
+        # Killing bwrap kills the sandbox's pid 1 (--die-with-parent), and with it every
+        # process in the site's pid namespace: nothing can outlive the site.
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+        if self._process is not None:
+            self._process.wait()
+        if self._reader is not None:
+            self._reader.join(timeout=5)
+
+    def collect(self) -> None:
+        """The output directory is bind-mounted into the sandbox: it is already here."""
+
+
+def _venv_base_dirs(env: Path) -> list[Path]:
+    """The interpreter a virtual environment was made from (its ``home``), to bind as well."""
+    cfg = env / "pyvenv.cfg"
+    if not cfg.is_file():
+        return []
+    for line in cfg.read_text().splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "home":
+            return [Path(value.strip()).parent]
+    return []
