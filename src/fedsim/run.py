@@ -101,6 +101,7 @@ class Run:
                 "messages_received": len(received),
                 "bytes_received": sum(t.bytes for t in received),
                 "app": statuses.get(name, {}),
+                "memory": self.relay_state.memory_report(name) if self.relay_state else {},
             }
         return {
             "run_id": self.run_id,

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import resource
 import subprocess
 import sys
 import threading
@@ -217,6 +218,18 @@ class Agent:
         finally:
             self._stop.set()
             self._stop_app()
+            self._report_memory()
+
+    def _report_memory(self) -> None:
+        """Peak resident memory of the app (a waited-for child) and of the agent itself."""
+        kib = 1024  # ru_maxrss is in KiB on Linux
+        usage = {"app_peak_rss_bytes": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+                 * kib,
+                 "agent_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * kib}
+        log.info("peak memory: app %.1f MiB, agent %.1f MiB",
+                 usage["app_peak_rss_bytes"] / 2**20, usage["agent_peak_rss_bytes"] / 2**20)
+        with contextlib.suppress(httpx.HTTPError):
+            self._relay_out.report_memory(usage)
 
 
 def main(argv: list[str]) -> int:

@@ -3,6 +3,7 @@
     POST /sites/{site}/messages?destination=&memo=   body: opaque payload
     GET  /sites/{site}/messages?wait=SECONDS         200 with one message, or 204
     PUT  /sites/{site}/status                        JSON state of the site's app
+    PUT  /sites/{site}/memory                        JSON peak memory of the site's processes
     GET  /health
 
 Every call but /health needs ``Authorization: Bearer <token>``; the token decides who the
@@ -84,18 +85,21 @@ def create_app(state: RelayState) -> Starlette:
             headers[MEMO_HEADER] = quote(message.memo, safe="")
         return Response(message.payload, media_type="application/octet-stream", headers=headers)
 
-    async def put_status(request: Request) -> Response:
-        caller = _authorise(request, state)
-        if isinstance(caller, Response):
-            return caller
-        try:
-            status = json.loads(await request.body())
-        except ValueError:
-            return _error(400, "status must be JSON")
-        if not isinstance(status, dict):
-            return _error(400, "status must be a JSON object")
-        state.set_status(caller, status)
-        return Response(status_code=204)
+    def put_report(kind: str):  # type: ignore[no-untyped-def]
+        async def handler(request: Request) -> Response:
+            caller = _authorise(request, state)
+            if isinstance(caller, Response):
+                return caller
+            try:
+                report = json.loads(await request.body())
+            except ValueError:
+                return _error(400, f"{kind} must be JSON")
+            if not isinstance(report, dict):
+                return _error(400, f"{kind} must be a JSON object")
+            state.set_report(kind, caller, report)
+            return Response(status_code=204)
+
+        return handler
 
     async def health(request: Request) -> Response:
         return JSONResponse({"ok": True})
@@ -103,6 +107,7 @@ def create_app(state: RelayState) -> Starlette:
     return Starlette(routes=[
         Route("/sites/{site}/messages", send, methods=["POST"]),
         Route("/sites/{site}/messages", receive, methods=["GET"]),
-        Route("/sites/{site}/status", put_status, methods=["PUT"]),
+        Route("/sites/{site}/status", put_report("status"), methods=["PUT"]),
+        Route("/sites/{site}/memory", put_report("memory"), methods=["PUT"]),
         Route("/health", health, methods=["GET"]),
     ])

@@ -52,5 +52,8 @@ class RelayClient:
     def report_status(self, status: dict[str, Any]) -> None:
         self._client.put(f"/sites/{self.site}/status", json=status).raise_for_status()
 
+    def report_memory(self, usage: dict[str, int]) -> None:
+        self._client.put(f"/sites/{self.site}/memory", json=usage).raise_for_status()
+
     def close(self) -> None:
         self._client.close()

@@ -36,6 +36,7 @@ class RelayState:
     tokens: dict[str, str]
     traffic: list[TrafficRecord] = field(default_factory=list)
     statuses: dict[str, dict[str, Any]] = field(default_factory=dict)
+    memory: dict[str, dict[str, Any]] = field(default_factory=dict)
     _mailboxes: dict[str, asyncio.Queue[Message]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -62,10 +63,16 @@ class RelayState:
             )
         return receivers
 
-    def set_status(self, site: str, status: dict[str, Any]) -> None:
+    def set_report(self, kind: str, site: str, report: dict[str, Any]) -> None:
+        """What an agent tells about its site: ``status`` of the app, or ``memory``."""
         with self._lock:
-            self.statuses[site] = {**status, "time": time.time()}
+            target = self.statuses if kind == "status" else self.memory
+            target[site] = {**report, "time": time.time()}
 
     def snapshot(self) -> tuple[list[TrafficRecord], dict[str, dict[str, Any]]]:
         with self._lock:
             return list(self.traffic), {k: dict(v) for k, v in self.statuses.items()}
+
+    def memory_report(self, site: str) -> dict[str, Any]:
+        with self._lock:
+            return {k: v for k, v in self.memory.get(site, {}).items() if k != "time"}

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -61,6 +63,7 @@ class LocalSite:
         self._relay_socket = relay_socket
         self._process: subprocess.Popen[str] | None = None
         self._reader: threading.Thread | None = None
+        self._sandbox_init: int | None = None
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self._control.mkdir(parents=True, mode=0o700, exist_ok=True)
 
@@ -91,8 +94,10 @@ class LocalSite:
             sockets={RELAY_SOCKET_NAME: self._relay_socket},
         )
         argv = [sys.executable, "-m", "fedsim.agent", f"{CONTROL_DIR}/agent.json"]
+        info_read, info_write = os.pipe()
         self._process = subprocess.Popen(
-            build_command(spec, argv),
+            build_command(spec, argv, info_fd=info_write),
+            pass_fds=(info_write,),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -102,6 +107,10 @@ class LocalSite:
             bufsize=1,
             start_new_session=True,  # Ctrl-C reaches the orchestrator only; it stops sites itself
         )
+        os.close(info_write)
+        with os.fdopen(info_read, encoding="utf-8") as info:
+            text = info.read()  # written by bwrap right after it made the namespaces
+        self._sandbox_init = json.loads(text)["child-pid"] if text.strip() else None
         self._reader = threading.Thread(
             target=self._pump, args=(self._process, on_line), name=f"site-{self.name}", daemon=True
         )
@@ -117,11 +126,18 @@ class LocalSite:
         return None if self._process is None else self._process.poll()
 
     def stop(self) -> None:
-        # Killing bwrap kills the sandbox's pid 1 (--die-with-parent), and with it every
-        # process in the site's pid namespace: nothing can outlive the site.
-        if self._process is not None and self._process.poll() is None:
+        # Killing the sandbox's pid 1 kills every process in the site's pid namespace;
+        # bwrap outside then reaps it and exits. (Killing bwrap first would orphan pid 1
+        # to an init that may never reap it.) --die-with-parent covers a crash of fedsim.
+        if self._process is None:
+            return
+        if self._process.poll() is None and self._sandbox_init is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._sandbox_init, signal.SIGKILL)
+        try:
+            self._process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
             self._process.kill()
-        if self._process is not None:
             self._process.wait()
         if self._reader is not None:
             self._reader.join(timeout=5)

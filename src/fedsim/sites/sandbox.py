@@ -69,9 +69,11 @@ def _minimal_cover(paths: Iterable[Path]) -> list[Path]:
     return kept
 
 
-def build_command(spec: SandboxSpec, argv: list[str]) -> list[str]:
+def build_command(spec: SandboxSpec, argv: list[str], info_fd: int | None = None) -> list[str]:
+    """``info_fd``: bwrap writes ``{"child-pid": N}`` there, N being the sandbox's pid 1."""
     args = [
         bwrap_path(),
+        *(["--info-fd", str(info_fd)] if info_fd is not None else []),
         "--unshare-all",  # user (when possible), ipc, pid, net, uts, cgroup
         "--die-with-parent",
         "--new-session",

@@ -1,0 +1,3 @@
+from fedsim.cli.main import app
+
+app(prog_name="fedsim")

@@ -1,0 +1,76 @@
+"""A test app on the FeatureCloud engine whose behaviour each site's config.yml chooses.
+
+It sums one number per site (gather at the coordinator, broadcast back), and on request
+fails, hangs, or reports what it can see of its environment, so that tests exercise
+fedsim's failure handling and separation with a real app.
+
+config.yml (all keys optional):
+    behave:
+      value: 1.5          # this site's number
+      fail: false         # raise in the first state, after writing partial output
+      hang: false         # never leave the first state
+      report_env: PREFIX  # write the names and values of env vars starting with PREFIX
+"""
+
+import json
+import os
+import time
+
+import yaml
+from FeatureCloud.app.engine.app import AppState, Role, app_state
+
+INPUT_DIR = "/mnt/input"
+OUTPUT_DIR = "/mnt/output"
+
+
+def read_config():
+    path = os.path.join(INPUT_DIR, "config.yml")
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as handle:
+        return (yaml.safe_load(handle) or {}).get("behave", {})
+
+
+@app_state("initial")
+class First(AppState):
+    def register(self):
+        self.register_transition("sum", Role.COORDINATOR)
+        self.register_transition("write", Role.PARTICIPANT)
+
+    def run(self):
+        config = read_config()
+        with open(os.path.join(OUTPUT_DIR, "partial.txt"), "w") as handle:
+            handle.write(f"{self.id} started\n")
+        prefix = config.get("report_env")
+        if prefix:
+            seen = {k: v for k, v in os.environ.items() if k.startswith(prefix)}
+            with open(os.path.join(OUTPUT_DIR, "env.json"), "w") as handle:
+                json.dump(seen, handle)
+        if config.get("fail"):
+            raise RuntimeError(f"deliberate failure at {self.id}")
+        while config.get("hang"):
+            time.sleep(0.5)
+        self.send_data_to_coordinator(float(config.get("value", 1.0)))
+        return "sum" if self.is_coordinator else "write"
+
+
+@app_state("sum", Role.COORDINATOR)
+class Sum(AppState):
+    def register(self):
+        self.register_transition("write", Role.COORDINATOR)
+
+    def run(self):
+        self.broadcast_data(sum(self.gather_data()))
+        return "write"
+
+
+@app_state("write")
+class Write(AppState):
+    def register(self):
+        self.register_transition("terminal")
+
+    def run(self):
+        total = self.await_data(n=1)
+        with open(os.path.join(OUTPUT_DIR, "sum.json"), "w") as handle:
+            json.dump({"sum": total}, handle)
+        return "terminal"

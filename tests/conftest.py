@@ -1,0 +1,94 @@
+"""Shared helpers: real configs, real runs of the real ``fedsim`` command."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tomli_w
+
+ROOT = Path(__file__).resolve().parent.parent
+MEAN_APP = ROOT / "apps" / "mean"
+BEHAVE_APP = ROOT / "tests" / "apps" / "behave"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def app_environment() -> Path:
+    """Build the apps' environment once, outside any test's timing (both apps share it)."""
+    from fedsim.appenv import ensure_app_env
+
+    assert (MEAN_APP / "requirements.txt").read_bytes() == (
+        BEHAVE_APP / "requirements.txt").read_bytes()
+    return ensure_app_env(MEAN_APP)
+
+
+def fedsim(*args: str, timeout: float = 300, env: dict[str, str] | None = None,
+           cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "fedsim", *args], capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})},
+                          cwd=cwd)
+
+
+def start_fedsim(*args: str, cwd: Path | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "fedsim", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=cwd)
+
+
+def write_run(tmp_path: Path, app: Path, sites: dict[str, dict[str, Any]], **top: Any) -> Path:
+    """A config with one input folder per site; ``behave`` keys become that site's config.yml."""
+    import yaml
+
+    entries = []
+    for i, (name, options) in enumerate(sites.items()):
+        data = tmp_path / "data" / name
+        data.mkdir(parents=True)
+        if "behave" in options:
+            (data / "config.yml").write_text(yaml.safe_dump({"behave": options["behave"]}))
+        for filename, text in options.get("files", {}).items():
+            (data / filename).write_text(text)
+        entry: dict[str, Any] = {"name": name, "inputs": [f"data/{name}"]}
+        if i == 0:
+            entry["coordinator"] = True
+        if "env_file" in options:
+            entry["env_file"] = options["env_file"]
+        entries.append(entry)
+    config = {"app": str(app), "output_dir": str(tmp_path / "runs"), "timeout": 120,
+              "shorten_waits": True, **top, "sites": entries}
+    path = tmp_path / "fedsim.toml"
+    path.write_text(tomli_w.dumps(config))
+    return path
+
+
+def run_dir_of(result: subprocess.CompletedProcess[str]) -> Path:
+    lines = result.stdout.strip().splitlines()
+    assert lines, f"no output; stderr:\n{result.stderr}"
+    return Path(lines[-1])
+
+
+def sandbox_processes() -> list[str]:
+    """bwrap processes still running on this machine.
+
+    Zombies are left out: bwrap's outer process exits without reaping the sandbox's pid 1,
+    which the machine's init reaps a moment later; a zombie runs nothing and holds nothing.
+    """
+    out = subprocess.run(["ps", "-eo", "pid=,stat=,args="], capture_output=True, text=True)
+    return [line for line in out.stdout.splitlines()
+            if "bwrap" in line and not line.split()[1].startswith("Z")]
+
+
+@pytest.fixture
+def no_leftover_sandboxes() -> Iterator[None]:
+    before = set(sandbox_processes())
+    yield
+    after = set(sandbox_processes()) - before
+    assert not after, f"sandboxes left running: {after}"
+
+
+def interrupt(process: subprocess.Popen[str]) -> None:
+    process.send_signal(signal.SIGINT)

@@ -1,0 +1,99 @@
+"""A run that goes wrong stops quickly, says why, and still keeps every site's record."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from fedsim.errors import ExitCode
+from tests.conftest import (
+    BEHAVE_APP,
+    fedsim,
+    interrupt,
+    run_dir_of,
+    sandbox_processes,
+    start_fedsim,
+    write_run,
+)
+
+pytestmark = pytest.mark.usefixtures("no_leftover_sandboxes")
+
+
+def test_a_failing_app_stops_the_run_and_names_the_site(tmp_path: Path) -> None:
+    config = write_run(tmp_path, BEHAVE_APP, {
+        "hub": {"behave": {"hang": True}},
+        "clinic": {"behave": {"fail": True}},
+        "lab": {"behave": {"hang": True}},
+    })
+    started = time.monotonic()
+    result = fedsim("run", str(config))
+    elapsed = time.monotonic() - started
+    assert result.returncode == ExitCode.SITE_FAILED, result.stderr
+    assert elapsed < 30, f"the run took {elapsed:.0f} s to notice the failure"
+    assert "site clinic failed" in result.stderr
+    assert "RuntimeError: deliberate failure at clinic" in result.stderr  # the log's tail
+    run_dir = run_dir_of(result)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "failed"
+    assert summary["sites"]["clinic"]["status"] == "failed"
+    assert {summary["sites"][s]["status"] for s in ("hub", "lab")} == {"stopped"}
+    for site in ("hub", "clinic", "lab"):
+        # every site's partial output and log are collected, the failing one's too
+        assert (run_dir / "sites" / site / "output" / "partial.txt").read_text() == (
+            f"{site} started\n")
+        assert (run_dir / "sites" / site / "site.log").stat().st_size > 0
+    assert "deliberate failure" in (run_dir / "fedsim.log").read_text()
+
+
+def test_timeout_stops_every_site(tmp_path: Path) -> None:
+    config = write_run(tmp_path, BEHAVE_APP, {
+        "hub": {"behave": {"hang": True}}, "clinic": {}}, timeout=6)
+    started = time.monotonic()
+    result = fedsim("run", str(config))
+    elapsed = time.monotonic() - started
+    assert result.returncode == ExitCode.TIMEOUT, result.stderr
+    assert "timeout" in result.stderr and "6 s" in result.stderr
+    assert elapsed < 6 + 20
+    summary = json.loads((run_dir_of(result) / "summary.json").read_text())
+    assert summary["status"] == "failed" and "timeout" in summary["error"]
+    assert summary["sites"]["hub"]["status"] == "stopped"
+
+
+def test_ctrl_c_stops_every_site_and_keeps_the_record(tmp_path: Path) -> None:
+    config = write_run(tmp_path, BEHAVE_APP, {
+        "hub": {"behave": {"hang": True}}, "clinic": {"behave": {"hang": True}}})
+    process = start_fedsim("run", str(config))
+    runs = tmp_path / "runs"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        partial = list(runs.glob("*/sites/*/output/partial.txt"))
+        if len(partial) == 2:
+            break
+        time.sleep(0.2)
+    else:
+        process.kill()
+        pytest.fail("the sites never started")
+    interrupt(process)
+    stdout, stderr = process.communicate(timeout=30)
+    assert process.returncode == ExitCode.INTERRUPTED, stderr
+    assert "interrupted" in stderr
+    run_dir = Path(stdout.strip().splitlines()[-1])
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "failed"
+    assert {site["status"] for site in summary["sites"].values()} == {"stopped"}
+    assert not sandbox_processes()
+
+
+def test_an_app_that_exits_without_finishing_fails_its_site(tmp_path: Path) -> None:
+    app = tmp_path / "crash-app"
+    app.mkdir()
+    (app / "requirements.txt").write_bytes((BEHAVE_APP / "requirements.txt").read_bytes())
+    (app / "main.py").write_text("import sys\nprint('cannot start: no licence')\nsys.exit(3)\n")
+    config = write_run(tmp_path, app, {"hub": {}, "clinic": {}})
+    result = fedsim("run", str(config))
+    assert result.returncode == ExitCode.SITE_FAILED
+    assert "cannot start: no licence" in result.stderr
+    assert "exited with code 3" in result.stderr
