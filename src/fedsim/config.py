@@ -78,7 +78,8 @@ class RunConfig(BaseModel):
 
     app: Path
     name: str | None = None
-    output_dir: Path = Path("runs")
+    output_dir: Path = Field(default_factory=lambda: Path.cwd() / "runs")
+    """Default: ``runs/`` where fedsim is started, where ``fedsim status`` looks too."""
     timeout: Annotated[float, Field(gt=0)] = 3600.0
     seed: int | None = None
     shorten_waits: bool = False
@@ -161,7 +162,8 @@ TEMPLATE = """\
 # A FeatureCloud app directory (main.py, requirements.txt, states).
 app = "apps/mean"
 # name = "my-study"          # optional label, recorded in the run directory
-# output_dir = "runs"        # where runs/<run-id>/ is written
+# output_dir = "runs"        # where runs/<run-id>/ is written (relative to this file);
+#                            # default: runs/ in the directory fedsim is started from
 # timeout = 3600             # seconds; the run is stopped and marked failed after this
 # seed = 42                  # makes randomness in fedsim reproducible
 # shorten_waits = false      # true: shrink the FeatureCloud engine's fixed sleeps

@@ -57,3 +57,9 @@ class RelayClient:
 
     def close(self) -> None:
         self._client.close()
+
+    def __enter__(self) -> RelayClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,130 @@
+"""The relay over a real Unix socket: routing by the FeatureCloud rules, and who may do what."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from fedsim.relay import RelayServer, RelayState, Routing
+from fedsim.relay.client import RelayClient
+
+SITES = ("hub", "clinic", "lab")
+TOKENS = {"hub": "token-hub-1", "clinic": "token-clinic-2", "lab": "token-lab-3"}
+
+
+_open_clients: list[RelayClient] = []
+
+
+@pytest.fixture
+def relay(tmp_path: Path) -> Iterator[tuple[RelayState, Path]]:
+    state = RelayState(Routing(SITES, "hub"), dict(TOKENS))
+    socket_path = tmp_path / "relay.sock"
+    with RelayServer(state, socket_path):
+        yield state, socket_path
+        while _open_clients:
+            _open_clients.pop().close()
+
+
+def raw_client(socket_path: Path, token: str | None) -> httpx.Client:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.Client(transport=httpx.HTTPTransport(uds=str(socket_path)),
+                        base_url="http://relay", headers=headers)
+
+
+def client(socket_path: Path, site: str) -> RelayClient:
+    _open_clients.append(RelayClient(str(socket_path), site, TOKENS[site]))
+    return _open_clients[-1]
+
+
+class Bomb:
+    """Unpickling this would run code: the relay must pass it on without looking inside."""
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (os.system, ("touch /tmp/fedsim-relay-unpickled",))
+
+
+def test_participant_to_coordinator_and_broadcast(relay) -> None:
+    state, sock = relay
+    payload = pickle.dumps(Bomb())
+    assert client(sock, "clinic").send(payload, None, "GATHERROUND1") == ["hub"]
+    got = client(sock, "hub").receive(wait=2)
+    assert got is not None
+    assert (got.sender, got.memo, got.payload) == ("clinic", "GATHERROUND1", payload)
+    assert not Path("/tmp/fedsim-relay-unpickled").exists()
+    assert client(sock, "hub").send(b"means", None, "None") == ["clinic", "lab"]
+    for site in ("clinic", "lab"):
+        got = client(sock, site).receive(wait=2)
+        assert got is not None and (got.sender, got.payload, got.memo) == ("hub", b"means", "None")
+    assert client(sock, "hub").receive(wait=0) is None  # the broadcast skips the sender
+
+
+def test_explicit_destination_and_memo_with_odd_characters(relay) -> None:
+    state, sock = relay
+    memo = "round 2/ä&x=1"
+    assert client(sock, "lab").send(b"p2p", "clinic", memo) == ["clinic"]
+    got = client(sock, "clinic").receive(wait=2)
+    assert got is not None and (got.sender, got.memo) == ("lab", memo)
+    assert client(sock, "hub").receive(wait=0) is None
+
+
+def test_traffic_is_counted_per_sender_receiver_and_memo(relay) -> None:
+    state, sock = relay
+    client(sock, "clinic").send(b"x" * 10, None, "a")
+    client(sock, "hub").send(b"y" * 7, None, "b")
+    rows = sorted((t.sender, t.receiver, t.memo, t.bytes) for t in state.traffic)
+    assert rows == [("clinic", "hub", "a", 10), ("hub", "clinic", "b", 7), ("hub", "lab", "b", 7)]
+
+
+def test_long_poll_waits_for_a_message(relay) -> None:
+    import threading
+
+    _, sock = relay
+    timer = threading.Timer(0.3, lambda: client(sock, "clinic").send(b"late", None, "m"))
+    timer.start()
+    got = client(sock, "hub").receive(wait=5)
+    timer.join()
+    assert got is not None and got.payload == b"late"
+
+
+@pytest.mark.parametrize("token", [None, "wrong", "token-hub-1x"])
+def test_a_wrong_token_is_refused(relay, token: str | None) -> None:
+    state, sock = relay
+    with raw_client(sock, token) as http:
+        assert http.post("/sites/hub/messages", content=b"x").status_code == 401
+        assert http.get("/sites/hub/messages").status_code == 401
+        assert http.put("/sites/hub/status", json={}).status_code == 401
+    assert state.traffic == []
+
+
+def test_a_site_cannot_read_another_mailbox(relay) -> None:
+    _, sock = relay
+    client(sock, "clinic").send(b"for the hub only", None, "m")
+    with raw_client(sock, TOKENS["lab"]) as http:
+        response = http.get("/sites/hub/messages", params={"wait": 0})
+        assert response.status_code == 403
+        assert b"for the hub only" not in response.content
+    got = client(sock, "hub").receive(wait=1)
+    assert got is not None and got.payload == b"for the hub only"
+
+
+def test_a_site_cannot_send_as_another(relay) -> None:
+    state, sock = relay
+    with raw_client(sock, TOKENS["lab"]) as http:
+        assert http.post("/sites/clinic/messages", content=b"forged").status_code == 403
+        assert http.put("/sites/clinic/status", json={"state": "x"}).status_code == 403
+    assert state.traffic == [] and "clinic" not in state.statuses
+    assert client(sock, "hub").receive(wait=0) is None
+
+
+def test_an_unknown_destination_is_a_clear_error(relay) -> None:
+    _, sock = relay
+    with raw_client(sock, TOKENS["hub"]) as http:
+        response = http.post("/sites/hub/messages", params={"destination": "nobody"},
+                             content=b"x")
+    assert response.status_code == 400
+    assert "nobody" in response.json()["error"]
