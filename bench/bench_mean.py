@@ -26,7 +26,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from fedsim.appenv import ensure_app_env
+from fedsim.appenv import ensure_app_env, env_python
 from fedsim.config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -136,7 +136,7 @@ def main() -> None:
     if args.repeat < 1 or args.repeat_real < 0:
         parser.error("--repeat must be >= 1 and --repeat-real >= 0")
 
-    python = ensure_app_env(load_config(EXAMPLE).app) / "bin" / "python"
+    python = env_python(ensure_app_env(load_config(EXAMPLE).app))
     floor = bench_floor(python, args.repeat)
     with tempfile.TemporaryDirectory(prefix="fedsim-bench-") as tmp:
         short = bench_fedsim(write_config(EXAMPLE, Path(tmp), True), args.repeat)

@@ -110,7 +110,8 @@ def test_a_secret_file_readable_by_others_is_refused(tmp_path: Path) -> None:
     secret = tmp_path / "a.env"
     secret.write_text("TOKEN=abc\n")
     secret.chmod(0o644)
-    path = write(tmp_path, TWO_SITES.replace('inputs = ["a"]', 'inputs = ["a"]\nenv_file = "a.env"'))
+    with_env = TWO_SITES.replace('inputs = ["a"]', 'inputs = ["a"]\nenv_file = "a.env"')
+    path = write(tmp_path, with_env)
     code, output = validate(path)
     assert code == ExitCode.CONFIG
     assert "sites[0].env_file" in output and "chmod 600" in " ".join(output.split())

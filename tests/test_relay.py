@@ -49,7 +49,7 @@ class Bomb:
 
 
 def test_participant_to_coordinator_and_broadcast(relay) -> None:
-    state, sock = relay
+    _, sock = relay
     payload = pickle.dumps(Bomb())
     assert client(sock, "clinic").send(payload, None, "GATHERROUND1") == ["hub"]
     got = client(sock, "hub").receive(wait=2)
@@ -64,7 +64,7 @@ def test_participant_to_coordinator_and_broadcast(relay) -> None:
 
 
 def test_explicit_destination_and_memo_with_odd_characters(relay) -> None:
-    state, sock = relay
+    _, sock = relay
     memo = "round 2/ä&x=1"
     assert client(sock, "lab").send(b"p2p", "clinic", memo) == ["clinic"]
     got = client(sock, "clinic").receive(wait=2)
