@@ -64,8 +64,13 @@ def site_span(summary: dict[str, Any]) -> float:
 def run_fedsim(config: Path) -> tuple[float, dict[str, Any]]:
     """Run ``fedsim run`` once; return its wall time and the run's summary.json."""
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "fedsim", "run", str(config)],
-                          capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedsim", "run", str(config)],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
     wall = time.perf_counter() - t0
     if proc.returncode != 0 or not proc.stdout.strip():
         sys.exit(f"fedsim run {config} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
@@ -85,10 +90,15 @@ def bench_fedsim(config: Path, repeat: int) -> dict[str, Any]:
         summaries.append(summary)
     durations = [s["duration_s"] for s in summaries]
     spans = [site_span(s) for s in summaries]
-    return {"wall_s": walls, "duration_s": durations, "site_span_s": spans,
-            "median_wall_s": statistics.median(walls),
-            "median_duration_s": statistics.median(durations),
-            "median_site_span_s": statistics.median(spans), "summaries": summaries}
+    return {
+        "wall_s": walls,
+        "duration_s": durations,
+        "site_span_s": spans,
+        "median_wall_s": statistics.median(walls),
+        "median_duration_s": statistics.median(durations),
+        "median_site_span_s": statistics.median(spans),
+        "summaries": summaries,
+    }
 
 
 def bench_floor(python: Path, repeat: int) -> dict[str, Any]:
@@ -97,8 +107,15 @@ def bench_floor(python: Path, repeat: int) -> dict[str, Any]:
     rss: list[int] = []
     for i in range(repeat + 1):  # the first round only warms the page cache
         t0 = time.perf_counter()
-        procs = [subprocess.Popen([str(python), "-c", FLOOR_CODE], stdout=subprocess.PIPE,
-                                  stdin=subprocess.DEVNULL, text=True) for _ in range(N_SITES)]
+        procs = [
+            subprocess.Popen(
+                [str(python), "-c", FLOOR_CODE],
+                stdout=subprocess.PIPE,
+                stdin=subprocess.DEVNULL,
+                text=True,
+            )
+            for _ in range(N_SITES)
+        ]
         outs = [p.communicate()[0] for p in procs]
         wall = time.perf_counter() - t0
         if any(p.returncode != 0 for p in procs):
@@ -106,8 +123,12 @@ def bench_floor(python: Path, repeat: int) -> dict[str, Any]:
         if i:
             walls.append(wall)
             rss += [int(out.strip()) for out in outs]
-    return {"wall_s": walls, "median_wall_s": statistics.median(walls),
-            "peak_rss_bytes": max(rss), "rss_bytes": rss}
+    return {
+        "wall_s": walls,
+        "median_wall_s": statistics.median(walls),
+        "peak_rss_bytes": max(rss),
+        "rss_bytes": rss,
+    }
 
 
 def peak_memory(summaries: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
@@ -127,10 +148,18 @@ def mib(n: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=3,
-                        help="runs with shorten_waits = true, and floor rounds (default 3)")
-    parser.add_argument("--repeat-real", type=int, default=1,
-                        help="runs with shorten_waits = false, ~25 s each (default 1; 0 skips)")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="runs with shorten_waits = true, and floor rounds (default 3)",
+    )
+    parser.add_argument(
+        "--repeat-real",
+        type=int,
+        default=1,
+        help="runs with shorten_waits = false, ~15 s each (default 1; 0 skips)",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS, help="JSON results file")
     args = parser.parse_args()
     if args.repeat < 1 or args.repeat_real < 0:
@@ -140,8 +169,11 @@ def main() -> None:
     floor = bench_floor(python, args.repeat)
     with tempfile.TemporaryDirectory(prefix="fedsim-bench-") as tmp:
         short = bench_fedsim(write_config(EXAMPLE, Path(tmp), True), args.repeat)
-        real = (bench_fedsim(write_config(EXAMPLE, Path(tmp), False), args.repeat_real)
-                if args.repeat_real else None)
+        real = (
+            bench_fedsim(write_config(EXAMPLE, Path(tmp), False), args.repeat_real)
+            if args.repeat_real
+            else None
+        )
     memory = peak_memory(short["summaries"] + (real["summaries"] if real else []))
     app_peak = max(m["app_peak_rss_bytes"] for m in memory.values())
     ratios = {
@@ -150,8 +182,10 @@ def main() -> None:
         "app_peak_rss_over_floor_rss": app_peak / floor["peak_rss_bytes"],
     }
 
-    rows = [("floor: 3 bare imports", floor, args.repeat),
-            ("fedsim, shorten_waits = true", short, args.repeat)]
+    rows = [
+        ("floor: 3 bare imports", floor, args.repeat),
+        ("fedsim, shorten_waits = true", short, args.repeat),
+    ]
     if real:
         rows.append(("fedsim, shorten_waits = false", real, args.repeat_real))
     print(f"{'':32}{'runs':>5}{'median wall':>13}{'duration_s':>12}{'site span':>11}")
@@ -161,7 +195,9 @@ def main() -> None:
         print(f"{label:32}{n:>5}{res['median_wall_s']:>12.2f}s{dur:>12}{span:>11}")
     print(f"\n{'site':10}{'app peak RSS':>16}{'agent peak RSS':>16}")
     for name, mem in memory.items():
-        print(f"{name:10}{mib(mem['app_peak_rss_bytes']):>16}{mib(mem['agent_peak_rss_bytes']):>16}")
+        print(
+            f"{name:10}{mib(mem['app_peak_rss_bytes']):>16}{mib(mem['agent_peak_rss_bytes']):>16}"
+        )
     print(f"{'floor':10}{mib(floor['peak_rss_bytes']):>16}")
     print("\nratios:")
     for key, value in ratios.items():
@@ -170,10 +206,16 @@ def main() -> None:
     for res in (short, real):
         if res:
             del res["summaries"]
-    result = {"when": datetime.now().astimezone().isoformat(timespec="seconds"),
-              "python": platform.python_version(), "machine": platform.platform(),
-              "floor": floor, "shortened": short, "real": real, "memory": memory,
-              "ratios": ratios}
+    result = {
+        "when": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "machine": platform.platform(),
+        "floor": floor,
+        "shortened": short,
+        "real": real,
+        "memory": memory,
+        "ratios": ratios,
+    }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print(f"\nwrote {args.output}")

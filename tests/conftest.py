@@ -24,20 +24,32 @@ def app_environment() -> Path:
     from fedsim.appenv import ensure_app_env
 
     assert (MEAN_APP / "requirements.txt").read_bytes() == (
-        BEHAVE_APP / "requirements.txt").read_bytes()
+        BEHAVE_APP / "requirements.txt"
+    ).read_bytes()
     return ensure_app_env(MEAN_APP)
 
 
-def fedsim(*args: str, timeout: float = 300, env: dict[str, str] | None = None,
-           cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "fedsim", *args], capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, **(env or {})},
-                          cwd=cwd)
+def fedsim(
+    *args: str, timeout: float = 300, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fedsim", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+    )
 
 
 def start_fedsim(*args: str, cwd: Path | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "fedsim", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=cwd)
+    return subprocess.Popen(
+        [sys.executable, "-m", "fedsim", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=cwd,
+    )
 
 
 def write_run(tmp_path: Path, app: Path, sites: dict[str, dict[str, Any]], **top: Any) -> Path:
@@ -58,8 +70,14 @@ def write_run(tmp_path: Path, app: Path, sites: dict[str, dict[str, Any]], **top
         if "env_file" in options:
             entry["env_file"] = options["env_file"]
         entries.append(entry)
-    config = {"app": str(app), "output_dir": str(tmp_path / "runs"), "timeout": 120,
-              "shorten_waits": True, **top, "sites": entries}
+    config = {
+        "app": str(app),
+        "output_dir": str(tmp_path / "runs"),
+        "timeout": 120,
+        "shorten_waits": True,
+        **top,
+        "sites": entries,
+    }
     path = tmp_path / "fedsim.toml"
     path.write_text(tomli_w.dumps(config))
     return path
@@ -78,8 +96,11 @@ def sandbox_processes() -> list[str]:
     which the machine's init reaps a moment later; a zombie runs nothing and holds nothing.
     """
     out = subprocess.run(["ps", "-eo", "pid=,stat=,args="], capture_output=True, text=True)
-    return [line for line in out.stdout.splitlines()
-            if "bwrap" in line and not line.split()[1].startswith("Z")]
+    return [
+        line
+        for line in out.stdout.splitlines()
+        if "bwrap" in line and not line.split()[1].startswith("Z")
+    ]
 
 
 @pytest.fixture

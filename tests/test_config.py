@@ -53,21 +53,31 @@ def test_a_good_config_validates_with_paths_resolved(tmp_path: Path) -> None:
     assert load_config(path).output_dir == tmp_path / "out"  # a given one is relative to it
 
 
-@pytest.mark.parametrize(("body", "field", "fault"), [
-    ('colour = "red"\n' + TWO_SITES, "colour", "unknown key"),
-    (TWO_SITES.replace('inputs = ["b"]', 'inputs = ["b"]\ncoordinator = true'),
-     "(top level)", "exactly one site needs coordinator = true; found: a, b"),
-    (TWO_SITES.replace("coordinator = true\n", ""), "(top level)", "found: none"),
-    (TWO_SITES.replace('inputs = ["b"]', 'inputs = ["b", "missing.csv"]'),
-     "sites[1].inputs", "no such file or directory"),
-    (TWO_SITES.replace('name = "b"', 'name = "a"'), "(top level)", "repeated: a"),
-    (TWO_SITES.replace('name = "b"', 'name = "b c"'), "sites[1].name", "should match"),
-    (TWO_SITES.replace('name = "b"', 'name = "b"\nport = 1'), "sites[1].port", "unknown key"),
-    ("timeout = -1\n" + TWO_SITES, "timeout", "greater than 0"),
-    ("sites = []\n", "sites", "at least 1"),
-])
-def test_each_config_error_names_file_field_and_fault(tmp_path: Path, body: str, field: str,
-                                                      fault: str) -> None:
+@pytest.mark.parametrize(
+    ("body", "field", "fault"),
+    [
+        ('colour = "red"\n' + TWO_SITES, "colour", "unknown key"),
+        (
+            TWO_SITES.replace('inputs = ["b"]', 'inputs = ["b"]\ncoordinator = true'),
+            "(top level)",
+            "exactly one site needs coordinator = true; found: a, b",
+        ),
+        (TWO_SITES.replace("coordinator = true\n", ""), "(top level)", "found: none"),
+        (
+            TWO_SITES.replace('inputs = ["b"]', 'inputs = ["b", "missing.csv"]'),
+            "sites[1].inputs",
+            "no such file or directory",
+        ),
+        (TWO_SITES.replace('name = "b"', 'name = "a"'), "(top level)", "repeated: a"),
+        (TWO_SITES.replace('name = "b"', 'name = "b c"'), "sites[1].name", "should match"),
+        (TWO_SITES.replace('name = "b"', 'name = "b"\nport = 1'), "sites[1].port", "unknown key"),
+        ("timeout = -1\n" + TWO_SITES, "timeout", "greater than 0"),
+        ("sites = []\n", "sites", "at least 1"),
+    ],
+)
+def test_each_config_error_names_file_field_and_fault(
+    tmp_path: Path, body: str, field: str, fault: str
+) -> None:
     path = write(tmp_path, body)
     code, output = validate(path)
     assert code == ExitCode.CONFIG
@@ -85,8 +95,12 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
 
 def test_missing_app_and_bad_toml_and_missing_file(tmp_path: Path) -> None:
     path = tmp_path / "fedsim.toml"
-    path.write_text('app = "nowhere"\n' + TWO_SITES.replace('inputs = ["a"]', "inputs = []")
-                    .replace('inputs = ["b"]', "inputs = []"))
+    path.write_text(
+        'app = "nowhere"\n'
+        + TWO_SITES.replace('inputs = ["a"]', "inputs = []").replace(
+            'inputs = ["b"]', "inputs = []"
+        )
+    )
     code, output = validate(path)
     assert code == ExitCode.CONFIG and "app: no such app directory" in " ".join(output.split())
     path.write_text("app = \n")
@@ -103,7 +117,8 @@ def test_an_app_directory_needs_main_and_requirements(tmp_path: Path) -> None:
     code, output = validate(path)
     assert code == ExitCode.CONFIG
     assert "not a FeatureCloud app directory: no main.py, requirements.txt" in " ".join(
-        output.split())
+        output.split()
+    )
 
 
 def test_a_secret_file_readable_by_others_is_refused(tmp_path: Path) -> None:
@@ -121,8 +136,10 @@ def test_a_secret_file_readable_by_others_is_refused(tmp_path: Path) -> None:
 
 
 def test_a_missing_input_is_reported_before_any_site_starts(tmp_path: Path) -> None:
-    path = write(tmp_path, 'output_dir = "runs"\n' + TWO_SITES.replace(
-        'inputs = ["b"]', 'inputs = ["gone.csv"]'))
+    path = write(
+        tmp_path,
+        'output_dir = "runs"\n' + TWO_SITES.replace('inputs = ["b"]', 'inputs = ["gone.csv"]'),
+    )
     result = runner.invoke(app, ["run", str(path)])
     assert result.exit_code == ExitCode.CONFIG
     assert "gone.csv" in result.output

@@ -19,9 +19,13 @@ def make_site(tmp_path: Path, name: str) -> SandboxSpec:
     for sub in ("input", "output", "app"):
         (tmp_path / name / sub).mkdir(parents=True)
     (tmp_path / name / "input" / "data.csv").write_text(f"secret rows of {name}\n")
-    return SandboxSpec(hostname=name, input_dir=tmp_path / name / "input",
-                       output_dir=tmp_path / name / "output", app_dir=tmp_path / name / "app",
-                       runtime_dirs=fedsim_runtime_dirs())
+    return SandboxSpec(
+        hostname=name,
+        input_dir=tmp_path / name / "input",
+        output_dir=tmp_path / name / "output",
+        app_dir=tmp_path / name / "app",
+        runtime_dirs=fedsim_runtime_dirs(),
+    )
 
 
 def run_in(spec: SandboxSpec, code: str) -> subprocess.CompletedProcess[str]:
@@ -40,12 +44,15 @@ def host_listener() -> Iterator[int]:
 
 def test_a_site_sees_only_its_own_input(tmp_path: Path) -> None:
     a, b = make_site(tmp_path, "site-a"), make_site(tmp_path, "site-b")
-    result = run_in(a, f"""
+    result = run_in(
+        a,
+        f"""
         import os
         print(open('/mnt/input/data.csv').read(), end='')
-        for path in ({str(b.input_dir / 'data.csv')!r}, {str(tmp_path)!r}):
+        for path in ({str(b.input_dir / "data.csv")!r}, {str(tmp_path)!r}):
             print(path, os.path.exists(path))
-    """)
+    """,
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == "secret rows of site-a"
@@ -53,28 +60,45 @@ def test_a_site_sees_only_its_own_input(tmp_path: Path) -> None:
 
 
 def test_a_site_cannot_list_other_processes(tmp_path: Path) -> None:
-    result = run_in(make_site(tmp_path, "site-a"), """
+    result = run_in(
+        make_site(tmp_path, "site-a"),
+        """
         import os
         pids = sorted(int(p) for p in os.listdir('/proc') if p.isdigit())
         print(pids)
-    """)
+    """,
+    )
     assert result.returncode == 0, result.stderr
     pids = eval(result.stdout)  # a list of ints printed by the sandboxed code
     assert len(pids) <= 3, f"the site sees {len(pids)} processes"
 
 
-def test_a_site_reaches_no_tcp_port_of_the_host_or_another_site(tmp_path: Path,
-                                                                  host_listener: int) -> None:
+def test_a_site_reaches_no_tcp_port_of_the_host_or_another_site(
+    tmp_path: Path, host_listener: int
+) -> None:
     b = make_site(tmp_path, "site-b")
     # site B listens on a port inside its own network namespace
-    server_b = subprocess.Popen(build_command(b, [sys.executable, "-c", textwrap.dedent("""
+    server_b = subprocess.Popen(
+        build_command(
+            b,
+            [
+                sys.executable,
+                "-c",
+                textwrap.dedent("""
         import socket, time
         s = socket.socket(); s.bind(('127.0.0.1', 5000)); s.listen(); print('ready', flush=True)
         time.sleep(60)
-    """)]), stdout=subprocess.PIPE, text=True)
+    """),
+            ],
+        ),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert server_b.stdout is not None and server_b.stdout.readline().strip() == "ready"
-        result = run_in(make_site(tmp_path, "site-a"), f"""
+        result = run_in(
+            make_site(tmp_path, "site-a"),
+            f"""
             import socket
             for port in ({host_listener}, 5000):
                 try:
@@ -84,7 +108,8 @@ def test_a_site_reaches_no_tcp_port_of_the_host_or_another_site(tmp_path: Path,
                     print(port, 'refused', type(exc).__name__)
             lines = open('/proc/net/dev').read().splitlines()[2:]
             print('interfaces', sorted(line.split(':')[0].strip() for line in lines))
-        """)
+        """,
+        )
     finally:
         server_b.kill()
         server_b.wait()
@@ -98,7 +123,9 @@ def test_a_site_reaches_no_tcp_port_of_the_host_or_another_site(tmp_path: Path,
 
 def test_a_site_has_its_own_hostname_and_a_read_only_system(tmp_path: Path) -> None:
     a = make_site(tmp_path, "site-a")
-    result = run_in(a, """
+    result = run_in(
+        a,
+        """
         import socket
         print(socket.gethostname())
         open('/mnt/output/result.txt', 'w').write('ok')
@@ -108,18 +135,27 @@ def test_a_site_has_its_own_hostname_and_a_read_only_system(tmp_path: Path) -> N
                 print(path, 'writable')
             except OSError:
                 print(path, 'read-only')
-    """)
+    """,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
-        "site-a", "/usr/fedsim-test read-only", "/mnt/input/new read-only", "/app/new read-only"]
+        "site-a",
+        "/usr/fedsim-test read-only",
+        "/mnt/input/new read-only",
+        "/app/new read-only",
+    ]
     assert (a.output_dir / "result.txt").read_text() == "ok"
 
 
-def test_a_site_inherits_no_host_environment(tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_site_inherits_no_host_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("FEDSIM_TEST_HOST_TOKEN", "do-not-leak")
-    result = run_in(make_site(tmp_path, "site-a"), """
+    result = run_in(
+        make_site(tmp_path, "site-a"),
+        """
         import os
         print(os.environ.get('FEDSIM_TEST_HOST_TOKEN'))
-    """)
+    """,
+    )
     assert result.stdout.strip() == "None"

@@ -32,8 +32,11 @@ def relay(tmp_path: Path) -> Iterator[tuple[RelayState, Path]]:
 
 def raw_client(socket_path: Path, token: str | None) -> httpx.Client:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return httpx.Client(transport=httpx.HTTPTransport(uds=str(socket_path)),
-                        base_url="http://relay", headers=headers)
+    return httpx.Client(
+        transport=httpx.HTTPTransport(uds=str(socket_path)),
+        base_url="http://relay",
+        headers=headers,
+    )
 
 
 def client(socket_path: Path, site: str) -> RelayClient:
@@ -124,7 +127,6 @@ def test_a_site_cannot_send_as_another(relay) -> None:
 def test_an_unknown_destination_is_a_clear_error(relay) -> None:
     _, sock = relay
     with raw_client(sock, TOKENS["hub"]) as http:
-        response = http.post("/sites/hub/messages", params={"destination": "nobody"},
-                             content=b"x")
+        response = http.post("/sites/hub/messages", params={"destination": "nobody"}, content=b"x")
     assert response.status_code == 400
     assert "nobody" in response.json()["error"]

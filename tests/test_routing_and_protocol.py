@@ -28,9 +28,21 @@ def test_explicit_destination_including_oneself() -> None:
 
 
 def test_status_of_the_current_engine() -> None:
-    status = parse_status(json.dumps({
-        "available": True, "finished": False, "message": "aggregate", "progress": 0.5,
-        "state": "running", "destination": "b", "smpc": None, "dp": None, "memo": "R1"}))
+    status = parse_status(
+        json.dumps(
+            {
+                "available": True,
+                "finished": False,
+                "message": "aggregate",
+                "progress": 0.5,
+                "state": "running",
+                "destination": "b",
+                "smpc": None,
+                "dp": None,
+                "memo": "R1",
+            }
+        )
+    )
     assert status.available and not status.finished
     assert (status.destination, status.memo, status.progress) == ("b", "R1", 0.5)
 
@@ -54,5 +66,10 @@ def test_finished_with_error_is_a_failure() -> None:
 
 def test_setup_names_the_coordinator_both_ways() -> None:
     body = setup_body("b", False, ["a", "b"], "a")
-    assert body == {"id": "b", "coordinator": False, "master": False, "clients": ["a", "b"],
-                    "coordinatorID": "a"}
+    assert body == {
+        "id": "b",
+        "coordinator": False,
+        "master": False,
+        "clients": ["a", "b"],
+        "coordinatorID": "a",
+    }

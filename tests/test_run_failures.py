@@ -23,11 +23,15 @@ pytestmark = pytest.mark.usefixtures("no_leftover_sandboxes")
 
 
 def test_a_failing_app_stops_the_run_and_names_the_site(tmp_path: Path) -> None:
-    config = write_run(tmp_path, BEHAVE_APP, {
-        "hub": {"behave": {"hang": True}},
-        "clinic": {"behave": {"fail": True}},
-        "lab": {"behave": {"hang": True}},
-    })
+    config = write_run(
+        tmp_path,
+        BEHAVE_APP,
+        {
+            "hub": {"behave": {"hang": True}},
+            "clinic": {"behave": {"fail": True}},
+            "lab": {"behave": {"hang": True}},
+        },
+    )
     started = time.monotonic()
     result = fedsim("run", str(config))
     elapsed = time.monotonic() - started
@@ -43,14 +47,16 @@ def test_a_failing_app_stops_the_run_and_names_the_site(tmp_path: Path) -> None:
     for site in ("hub", "clinic", "lab"):
         # every site's partial output and log are collected, the failing one's too
         assert (run_dir / "sites" / site / "output" / "partial.txt").read_text() == (
-            f"{site} started\n")
+            f"{site} started\n"
+        )
         assert (run_dir / "sites" / site / "site.log").stat().st_size > 0
     assert "deliberate failure" in (run_dir / "fedsim.log").read_text()
 
 
 def test_timeout_stops_every_site(tmp_path: Path) -> None:
-    config = write_run(tmp_path, BEHAVE_APP, {
-        "hub": {"behave": {"hang": True}}, "clinic": {}}, timeout=6)
+    config = write_run(
+        tmp_path, BEHAVE_APP, {"hub": {"behave": {"hang": True}}, "clinic": {}}, timeout=6
+    )
     started = time.monotonic()
     result = fedsim("run", str(config))
     elapsed = time.monotonic() - started
@@ -63,8 +69,11 @@ def test_timeout_stops_every_site(tmp_path: Path) -> None:
 
 
 def test_ctrl_c_stops_every_site_and_keeps_the_record(tmp_path: Path) -> None:
-    config = write_run(tmp_path, BEHAVE_APP, {
-        "hub": {"behave": {"hang": True}}, "clinic": {"behave": {"hang": True}}})
+    config = write_run(
+        tmp_path,
+        BEHAVE_APP,
+        {"hub": {"behave": {"hang": True}}, "clinic": {"behave": {"hang": True}}},
+    )
     process = start_fedsim("run", str(config))
     runs = tmp_path / "runs"
     deadline = time.monotonic() + 60
@@ -76,8 +85,13 @@ def test_ctrl_c_stops_every_site_and_keeps_the_record(tmp_path: Path) -> None:
     else:
         process.kill()
         pytest.fail("the sites never started")
+    follower = start_fedsim("logs", "--runs", str(runs), "--follow")
+    time.sleep(1)
+    assert follower.poll() is None  # still following the running run
     interrupt(process)
     stdout, stderr = process.communicate(timeout=30)
+    followed, _ = follower.communicate(timeout=10)  # ends by itself once the run has ended
+    assert "hub" in followed and "interrupted" in followed
     assert process.returncode == ExitCode.INTERRUPTED, stderr
     assert "interrupted" in stderr
     run_dir = Path(stdout.strip().splitlines()[-1])

@@ -51,10 +51,15 @@ def test_run_directory_is_a_complete_record(example_run) -> None:
     traffic = pd.read_csv(run_dir / "traffic.csv")
     assert list(traffic.columns) == ["time", "sender", "receiver", "memo", "bytes"]
     pairs = sorted(zip(traffic.sender, traffic.receiver, strict=True))
-    assert pairs == [("site-a", "site-b"), ("site-a", "site-c"),
-                     ("site-b", "site-a"), ("site-c", "site-a")]
+    assert pairs == [
+        ("site-a", "site-b"),
+        ("site-a", "site-c"),
+        ("site-b", "site-a"),
+        ("site-c", "site-a"),
+    ]
     assert summary["sites"]["site-b"]["bytes_sent"] == int(
-        traffic[traffic.sender == "site-b"].bytes.sum())
+        traffic[traffic.sender == "site-b"].bytes.sum()
+    )
     assert summary["bytes"] == int(traffic.bytes.sum())
     for site in ("site-a", "site-b", "site-c"):
         with zipfile.ZipFile(run_dir / "sites" / site / "results.zip") as archive:

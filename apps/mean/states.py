@@ -37,11 +37,13 @@ class LocalSums(AppState):
         data = pd.read_csv(os.path.join(INPUT_DIR, config["input_filename"]), sep=config["sep"])
         numeric = data.select_dtypes("number")
         self.log(f"{len(numeric)} rows, {numeric.shape[1]} numeric columns")
-        self.send_data_to_coordinator({
-            "columns": list(numeric.columns),
-            "sums": numeric.sum(axis=0).tolist(),
-            "rows": len(numeric),
-        })
+        self.send_data_to_coordinator(
+            {
+                "columns": list(numeric.columns),
+                "sums": numeric.sum(axis=0).tolist(),
+                "rows": len(numeric),
+            }
+        )
         return "aggregate" if self.is_coordinator else "write"
 
 
@@ -59,8 +61,7 @@ class Aggregate(AppState):
         rows = sum(part["rows"] for part in parts)
         sums = [sum(part["sums"][i] for part in parts) for i in range(len(columns))]
         self.log(f"aggregated {len(parts)} sites, {rows} rows in all")
-        self.broadcast_data({"columns": columns, "means": [s / rows for s in sums],
-                             "rows": rows})
+        self.broadcast_data({"columns": columns, "means": [s / rows for s in sums], "rows": rows})
         return "write"
 
 
@@ -73,7 +74,8 @@ class WriteMeans(AppState):
         config = self.load("config")
         result = self.await_data(n=1)
         table = pd.DataFrame({"column": result["columns"], "mean": result["means"]})
-        table.to_csv(os.path.join(OUTPUT_DIR, config["output_filename"]), index=False,
-                     float_format="%.17g")
+        table.to_csv(
+            os.path.join(OUTPUT_DIR, config["output_filename"]), index=False, float_format="%.17g"
+        )
         self.log(f"wrote the means of {result['rows']} rows")
         return "terminal"

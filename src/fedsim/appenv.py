@@ -37,8 +37,9 @@ def base_python() -> str:
 
 
 def _python_version(python: str) -> str:
-    out = subprocess.run([python, "-c", "import sys; print(sys.version)"],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [python, "-c", "import sys; print(sys.version)"], capture_output=True, text=True, check=True
+    )
     return out.stdout.strip()
 
 
@@ -67,12 +68,23 @@ def ensure_app_env(app_dir: Path, python: str | None = None) -> Path:
             log.debug("app environment %s is cached", env)
             return env
         shutil.rmtree(env, ignore_errors=True)  # left over from an interrupted build
-        log.info("building the app environment for %s (first time only; may take a minute)",
-                 app_dir.name)
+        log.info(
+            "building the app environment for %s (first time only; may take a minute)", app_dir.name
+        )
         _run_logged([python, "-m", "venv", str(env)], "creating the virtual environment")
-        _run_logged([str(env_python(env)), "-m", "pip", "install", "--disable-pip-version-check",
-                     "--no-input", "-r", str(requirements)],
-                    f"installing {requirements}")
+        _run_logged(
+            [
+                str(env_python(env)),
+                "-m",
+                "pip",
+                "install",
+                "--disable-pip-version-check",
+                "--no-input",
+                "-r",
+                str(requirements),
+            ],
+            f"installing {requirements}",
+        )
         (env / COMPLETE_MARKER).write_text(requirements.read_text(encoding="utf-8"))
         log.info("app environment ready: %s", env)
         return env
@@ -80,8 +92,9 @@ def ensure_app_env(app_dir: Path, python: str | None = None) -> Path:
 
 def _run_logged(argv: list[str], what: str) -> None:
     tail: deque[str] = deque(maxlen=25)
-    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, stdin=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL
+    )
     assert process.stdout is not None
     for line in process.stdout:
         tail.append(line.rstrip())

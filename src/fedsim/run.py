@@ -42,7 +42,7 @@ class SiteRecord:
     name: str
     coordinator: bool
     site: Site
-    log_file: Any
+    log_path: Path
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=LOG_TAIL_LINES))
     status: str = "pending"
     exit_code: int | None = None
@@ -55,8 +55,9 @@ class SiteRecord:
         site_logger().log(level, "%s", message, extra={"site": self.name, "component": component})
         with self.lock:
             self.tail.append(f"{component}: {message}")
-            self.log_file.write(f"{iso(time.time())} {component:<6} {message}\n")
-            self.log_file.flush()
+            # appended line by line: a site's log is complete on disk whenever it is read
+            with self.log_path.open("a", encoding="utf-8") as log_file:
+                log_file.write(f"{iso(time.time())} {component:<6} {message}\n")
 
     def tail_text(self) -> str:
         with self.lock:
@@ -85,7 +86,7 @@ class Run:
     # --- the record ------------------------------------------------------------------------
 
     def summary(self) -> dict[str, Any]:
-        traffic, statuses = (self.relay_state.snapshot() if self.relay_state else ([], {}))
+        traffic, statuses = self.relay_state.snapshot() if self.relay_state else ([], {})
         sites: dict[str, Any] = {}
         for name, rec in self.records.items():
             sent = [t for t in traffic if t.sender == name]
@@ -127,8 +128,13 @@ class Run:
         self.run_dir.write_config(self.config.public_dict())
         self.run_dir.write_summary(self.summary())
         with run_log_file(self.run_dir.log_path):
-            log.info("run %s: %d sites, app %s, record in %s", self.run_id,
-                     len(self.config.sites), self.config.app.name, self.run_dir.path)
+            log.info(
+                "run %s: %d sites, app %s, record in %s",
+                self.run_id,
+                len(self.config.sites),
+                self.config.app.name,
+                self.run_dir.path,
+            )
             private = Path(tempfile.mkdtemp(prefix="fedsim-"))  # sockets, tokens: not recorded
             relay: RelayServer | None = None
             try:
@@ -148,8 +154,12 @@ class Run:
             finally:
                 self._stop_and_collect(relay)
                 shutil.rmtree(private, ignore_errors=True)
-                log.info("run %s %s in %.1f s", self.run_id, self.status,
-                         (self.ended or time.time()) - self.started)
+                log.info(
+                    "run %s %s in %.1f s",
+                    self.run_id,
+                    self.status,
+                    (self.ended or time.time()) - self.started,
+                )
         return RunResult(self.run_dir.path, self.summary())
 
     def _fail(self, error: RunFailed, cause: BaseException) -> None:
@@ -174,8 +184,8 @@ class Run:
             site_dir = self.run_dir.site_dir(cfg.name)
             site = LocalSite(cfg.name, site_dir, private / "sites" / cfg.name, relay_socket)
             self.records[cfg.name] = SiteRecord(
-                cfg.name, cfg.coordinator, site,
-                open(site_dir / "site.log", "a", encoding="utf-8"))  # noqa: SIM115 closed in _stop_and_collect
+                cfg.name, cfg.coordinator, site, site_dir / "site.log"
+            )
             site.put_inputs(cfg.inputs)
         for cfg in self.config.sites:
             rec = self.records[cfg.name]
@@ -217,7 +227,8 @@ class Run:
                     time.sleep(0.2)  # let the reader hand over the site's last lines
                     raise SiteFailed(
                         f"site {rec.name} failed (exit code {code}); last lines of its log:\n"
-                        f"{rec.tail_text()}")
+                        f"{rec.tail_text()}"
+                    )
                 rec.status = "finished"
                 log.info("site %s finished", rec.name)
                 self.run_dir.write_summary(self.summary())
@@ -229,14 +240,19 @@ class Run:
                 coordinator_done = coordinator_done or now
                 if now - coordinator_done > PARTICIPANT_GRACE:
                     for rec in running:
-                        log.warning("site %s had not finished %.0f s after the coordinator; "
-                                    "stopping it", rec.name, PARTICIPANT_GRACE)
+                        log.warning(
+                            "site %s had not finished %.0f s after the coordinator; stopping it",
+                            rec.name,
+                            PARTICIPANT_GRACE,
+                        )
                         rec.site.stop()
                         rec.status, rec.ended = "stopped", time.time()
                     return
             if now > deadline:
-                raise RunTimeout(f"timeout: the run took longer than {self.config.timeout:g} s "
-                                 f"(sites still running: {', '.join(r.name for r in running)})")
+                raise RunTimeout(
+                    f"timeout: the run took longer than {self.config.timeout:g} s "
+                    f"(sites still running: {', '.join(r.name for r in running)})"
+                )
             time.sleep(WATCH_INTERVAL)
 
     def _show_progress(self, shown: dict[str, Any]) -> None:
@@ -249,8 +265,12 @@ class Run:
             if shown.get(name) != view:
                 shown[name] = view
                 progress = status.get("progress")
-                log.info("site %s: %s%s", name, status.get("message") or status.get("state"),
-                         "" if progress is None else f" ({progress:.0%})")
+                log.info(
+                    "site %s: %s%s",
+                    name,
+                    status.get("message") or status.get("state"),
+                    "" if progress is None else f" ({progress:.0%})",
+                )
 
     def _stop_and_collect(self, relay: RelayServer | None) -> None:
         now = time.time()
@@ -264,7 +284,6 @@ class Run:
         for name, rec in self.records.items():
             rec.site.collect()
             self.run_dir.zip_output(name)
-            rec.log_file.close()
         self.ended = time.time()
         if self.relay_state is not None:
             self.run_dir.write_traffic(self.relay_state.snapshot()[0])

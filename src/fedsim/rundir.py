@@ -1,13 +1,13 @@
 """The run directory, the unit of record: written by a run, read by status, logs and compare.
 
-    runs/<run-id>/
-        config.toml          the resolved config (no secrets: the TOML holds none)
-        fedsim.log           one merged log: orchestrator, relay, agents, apps
-        traffic.csv          one row per message: time, sender, receiver, memo, bytes
-        summary.json         status, times, per-site status and traffic
-        sites/<name>/output/       what the site's app wrote to /mnt/output
-        sites/<name>/results.zip   the same, zipped, as FeatureCloud hands it out
-        sites/<name>/site.log      that site's agent and app lines
+runs/<run-id>/
+    config.toml          the resolved config (no secrets: the TOML holds none)
+    fedsim.log           one merged log: orchestrator, relay, agents, apps
+    traffic.csv          one row per message: time, sender, receiver, memo, bytes
+    summary.json         status, times, per-site status and traffic
+    sites/<name>/output/       what the site's app wrote to /mnt/output
+    sites/<name>/results.zip   the same, zipped, as FeatureCloud hands it out
+    sites/<name>/site.log      that site's agent and app lines
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ def iso(timestamp: float | None) -> str | None:
     if timestamp is None:
         return None
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(timestamp)) + (
-        f".{int(timestamp % 1 * 1000):03d}Z")
+        f".{int(timestamp % 1 * 1000):03d}Z"
+    )
 
 
 class RunDir:
@@ -79,8 +80,9 @@ class RunDir:
             writer = csv.writer(handle)
             writer.writerow(TRAFFIC_COLUMNS)
             for r in records:
-                writer.writerow([iso(r.time), r.sender, r.receiver,
-                                 "" if r.memo is None else r.memo, r.bytes])
+                writer.writerow(
+                    [iso(r.time), r.sender, r.receiver, "" if r.memo is None else r.memo, r.bytes]
+                )
 
     def zip_output(self, site: str) -> Path:
         output = self.site_dir(site) / "output"

@@ -19,8 +19,10 @@ def main() -> None:
         try:
             import FeatureCloud.app.engine.app as engine
         except ImportError:
-            print("fedsim: no FeatureCloud engine in this app; waits left as they are",
-                  file=sys.stderr)
+            print(
+                "fedsim: no FeatureCloud engine in this app; waits left as they are",
+                file=sys.stderr,
+            )
         else:
             for name, value in SHORT_WAITS.items():
                 if hasattr(engine, name):

@@ -82,8 +82,9 @@ class Agent:
         env = dict(os.environ)
         if self.config.env_file:
             # the site's secrets go to its own app only; they are never logged
-            env.update({k: v for k, v in dotenv_values(self.config.env_file).items()
-                        if v is not None})
+            env.update(
+                {k: v for k, v in dotenv_values(self.config.env_file).items() if v is not None}
+            )
         env["FEDSIM_SHORTEN_WAITS"] = "1" if self.config.shorten_waits else "0"
         return env
 
@@ -137,17 +138,24 @@ class Agent:
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:
-                raise AgentError("the app did not answer /api/status within "
-                                 f"{self.config.startup_timeout:.0f} s")
+                raise AgentError(
+                    f"the app did not answer /api/status within {self.config.startup_timeout:.0f} s"
+                )
             time.sleep(0.05)
 
     def _setup(self) -> None:
-        body = setup_body(self.config.site, self.config.is_coordinator, self.config.clients,
-                          self.config.coordinator)
+        body = setup_body(
+            self.config.site,
+            self.config.is_coordinator,
+            self.config.clients,
+            self.config.coordinator,
+        )
         self._app_out.post("/api/setup", json=body).raise_for_status()
-        log.info("set up as %s of %d sites",
-                 "coordinator" if self.config.is_coordinator else "participant",
-                 len(self.config.clients))
+        log.info(
+            "set up as %s of %d sites",
+            "coordinator" if self.config.is_coordinator else "participant",
+            len(self.config.clients),
+        )
 
     def _status(self) -> AppStatus:
         response = self._app_out.get("/api/status")
@@ -158,8 +166,9 @@ class Agent:
         response = self._app_out.get("/api/data")
         response.raise_for_status()
         receivers = self._relay_out.send(response.content, status.destination, status.memo)
-        log.debug("sent %d bytes memo=%s to %s", len(response.content), status.memo,
-                  ",".join(receivers))
+        log.debug(
+            "sent %d bytes memo=%s to %s", len(response.content), status.memo, ",".join(receivers)
+        )
 
     def _inbox(self) -> None:
         try:
@@ -171,10 +180,15 @@ class Agent:
                 if message.memo is not None:
                     # the engine keys its queues by the URL-encoded memo
                     params["memo"] = quote(message.memo)
-                self._app_in.post("/api/data", params=params,
-                                  content=message.payload).raise_for_status()
-                log.debug("delivered %d bytes from %s memo=%s", len(message.payload),
-                          message.sender, message.memo)
+                self._app_in.post(
+                    "/api/data", params=params, content=message.payload
+                ).raise_for_status()
+                log.debug(
+                    "delivered %d bytes from %s memo=%s",
+                    len(message.payload),
+                    message.sender,
+                    message.memo,
+                )
         except BaseException as exc:  # handed to the main loop, which fails the site
             if not self._stop.is_set():
                 self._inbox_error = exc
@@ -190,8 +204,7 @@ class Agent:
                 last_reported = status.display()
                 self._relay_out.report_status(last_reported)
             if status.failed:
-                log.error("the app reported an error: %s (its traceback is above)",
-                          status.message)
+                log.error("the app reported an error: %s (its traceback is above)", status.message)
                 return 1
             if status.finished:
                 log.info("the app finished")
@@ -212,8 +225,9 @@ class Agent:
         except (AgentError, httpx.HTTPError, ValueError) as exc:
             log.error("%s", exc)
             with contextlib.suppress(httpx.HTTPError):
-                self._relay_out.report_status({"state": "error", "message": str(exc),
-                                               "finished": True, "progress": None})
+                self._relay_out.report_status(
+                    {"state": "error", "message": str(exc), "finished": True, "progress": None}
+                )
             return 1
         finally:
             self._stop.set()
@@ -223,11 +237,15 @@ class Agent:
     def _report_memory(self) -> None:
         """Peak resident memory of the app (a waited-for child) and of the agent itself."""
         kib = 1024  # ru_maxrss is in KiB on Linux
-        usage = {"app_peak_rss_bytes": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-                 * kib,
-                 "agent_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * kib}
-        log.info("peak memory: app %.1f MiB, agent %.1f MiB",
-                 usage["app_peak_rss_bytes"] / 2**20, usage["agent_peak_rss_bytes"] / 2**20)
+        usage = {
+            "app_peak_rss_bytes": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * kib,
+            "agent_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * kib,
+        }
+        log.info(
+            "peak memory: app %.1f MiB, agent %.1f MiB",
+            usage["app_peak_rss_bytes"] / 2**20,
+            usage["agent_peak_rss_bytes"] / 2**20,
+        )
         with contextlib.suppress(httpx.HTTPError):
             self._relay_out.report_memory(usage)
 

@@ -28,8 +28,12 @@ class AppStatus:
 
     def display(self) -> dict[str, Any]:
         """What the orchestrator is told about the app: no routing, no payload."""
-        return {"state": self.state, "message": self.message, "progress": self.progress,
-                "finished": self.finished}
+        return {
+            "state": self.state,
+            "message": self.message,
+            "progress": self.progress,
+            "finished": self.finished,
+        }
 
 
 def parse_status(body: bytes | str) -> AppStatus:
@@ -52,8 +56,14 @@ def parse_status(body: bytes | str) -> AppStatus:
     )
 
 
-def setup_body(site: str, is_coordinator: bool, clients: list[str], coordinator: str
-               ) -> dict[str, Any]:
+def setup_body(
+    site: str, is_coordinator: bool, clients: list[str], coordinator: str
+) -> dict[str, Any]:
     """Both ``coordinator`` (current engine) and ``master`` (older template) are sent."""
-    return {"id": site, "coordinator": is_coordinator, "master": is_coordinator,
-            "clients": clients, "coordinatorID": coordinator}
+    return {
+        "id": site,
+        "coordinator": is_coordinator,
+        "master": is_coordinator,
+        "clients": clients,
+        "coordinatorID": coordinator,
+    }

@@ -10,7 +10,8 @@ import typer
 
 def init(
     path: Annotated[Path, typer.Argument(help="Where to write the template.")] = Path(
-        "fedsim.toml"),
+        "fedsim.toml"
+    ),
     force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False,
 ) -> None:
     """Write a commented config template."""

@@ -8,8 +8,9 @@ from typing import Annotated
 
 import typer
 
-RunArg = Annotated[str | None, typer.Argument(
-    help="A run directory or run id; the newest run when left out.")]
+RunArg = Annotated[
+    str | None, typer.Argument(help="A run directory or run id; the newest run when left out.")
+]
 OutputDirOpt = Annotated[Path, typer.Option("--runs", help="Where runs are kept.")]
 
 
@@ -24,9 +25,11 @@ def _find(run: str | None, runs: Path):  # type: ignore[no-untyped-def]
         abort(str(exc), ExitCode.CONFIG)
 
 
-def status(run: RunArg = None, runs: OutputDirOpt = Path("runs"),
-           json_output: Annotated[bool, typer.Option("--json", help="Print summary.json.")] = False
-           ) -> None:
+def status(
+    run: RunArg = None,
+    runs: OutputDirOpt = Path("runs"),
+    json_output: Annotated[bool, typer.Option("--json", help="Print summary.json.")] = False,
+) -> None:
     """Show a run's status, timing and traffic per site."""
     import json
 
@@ -39,26 +42,35 @@ def status(run: RunArg = None, runs: OutputDirOpt = Path("runs"),
     if json_output:
         stdout.print_json(json.dumps(summary))
         return
-    stdout.print(f"run {summary['run_id']}: [bold]{summary['status']}[/]"
-                 f" in {summary['duration_s']} s" if summary["duration_s"] is not None
-                 else f"run {summary['run_id']}: [bold]{summary['status']}[/]")
+    stdout.print(
+        f"run {summary['run_id']}: [bold]{summary['status']}[/] in {summary['duration_s']} s"
+        if summary["duration_s"] is not None
+        else f"run {summary['run_id']}: [bold]{summary['status']}[/]"
+    )
     if summary.get("error"):
         stdout.print(summary["error"], markup=False)
     table = Table("site", "role", "status", "app state", "sent", "received")
     for name, site in summary["sites"].items():
-        table.add_row(name, "coordinator" if site["coordinator"] else "participant",
-                      site["status"], str(site["app"].get("message") or ""),
-                      f"{site['messages_sent']} msg / {site['bytes_sent']} B",
-                      f"{site['messages_received']} msg / {site['bytes_received']} B")
+        table.add_row(
+            name,
+            "coordinator" if site["coordinator"] else "participant",
+            site["status"],
+            str(site["app"].get("message") or ""),
+            f"{site['messages_sent']} msg / {site['bytes_sent']} B",
+            f"{site['messages_received']} msg / {site['bytes_received']} B",
+        )
     stdout.print(table)
     stdout.print(str(run_dir.path))
 
 
-def logs(run: RunArg = None, runs: OutputDirOpt = Path("runs"),
-         site: Annotated[str | None, typer.Option(help="Only this site's lines.")] = None,
-         follow: Annotated[bool, typer.Option("--follow", "-f",
-                                              help="Keep printing until the run ends.")] = False
-         ) -> None:
+def logs(
+    run: RunArg = None,
+    runs: OutputDirOpt = Path("runs"),
+    site: Annotated[str | None, typer.Option(help="Only this site's lines.")] = None,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing until the run ends.")
+    ] = False,
+) -> None:
     """Print a run's merged log (orchestrator, relay, every site's agent and app)."""
     from fedsim.logs import LOG_SITE_FIELD
 

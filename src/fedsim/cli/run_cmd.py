@@ -10,8 +10,9 @@ import typer
 
 def run(
     config: Annotated[Path, typer.Argument(help="The run config (fedsim.toml).")],
-    verbose: Annotated[bool, typer.Option("--verbose", "-v",
-                                          help="Also show every site's log lines.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Also show every site's log lines.")
+    ] = False,
 ) -> None:
     """Run the app across the config's sites; print the run directory last."""
     from fedsim.cli.output import stdout

@@ -76,8 +76,11 @@ def create_app(state: RelayState) -> Starlette:
             return _error(400, "wait must be a number of seconds")
         mailbox = state.mailbox(caller)
         try:
-            message = mailbox.get_nowait() if wait == 0 else await asyncio.wait_for(
-                mailbox.get(), timeout=wait)
+            message = (
+                mailbox.get_nowait()
+                if wait == 0
+                else await asyncio.wait_for(mailbox.get(), timeout=wait)
+            )
         except (asyncio.QueueEmpty, TimeoutError):
             return Response(status_code=204)
         headers = {SENDER_HEADER: message.sender}
@@ -104,10 +107,12 @@ def create_app(state: RelayState) -> Starlette:
     async def health(request: Request) -> Response:
         return JSONResponse({"ok": True})
 
-    return Starlette(routes=[
-        Route("/sites/{site}/messages", send, methods=["POST"]),
-        Route("/sites/{site}/messages", receive, methods=["GET"]),
-        Route("/sites/{site}/status", put_report("status"), methods=["PUT"]),
-        Route("/sites/{site}/memory", put_report("memory"), methods=["PUT"]),
-        Route("/health", health, methods=["GET"]),
-    ])
+    return Starlette(
+        routes=[
+            Route("/sites/{site}/messages", send, methods=["POST"]),
+            Route("/sites/{site}/messages", receive, methods=["GET"]),
+            Route("/sites/{site}/status", put_report("status"), methods=["PUT"]),
+            Route("/sites/{site}/memory", put_report("memory"), methods=["PUT"]),
+            Route("/health", health, methods=["GET"]),
+        ]
+    )

@@ -32,8 +32,7 @@ class RelayClient:
 
     def send(self, payload: bytes, destination: str | None, memo: str | None) -> list[str]:
         params = {k: v for k, v in (("destination", destination), ("memo", memo)) if v is not None}
-        response = self._client.post(f"/sites/{self.site}/messages", params=params,
-                                     content=payload)
+        response = self._client.post(f"/sites/{self.site}/messages", params=params, content=payload)
         response.raise_for_status()
         return list(response.json()["receivers"])
 

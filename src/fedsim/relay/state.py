@@ -51,8 +51,9 @@ class RelayState:
             self._mailboxes[site] = asyncio.Queue()
         return self._mailboxes[site]
 
-    def deliver(self, sender: str, destination: str | None, memo: str | None, payload: bytes
-                ) -> list[str]:
+    def deliver(
+        self, sender: str, destination: str | None, memo: str | None, payload: bytes
+    ) -> list[str]:
         receivers = self.routing.receivers(sender, destination)
         now = time.time()
         for receiver in receivers:

@@ -75,8 +75,12 @@ class LocalSite:
             "agent.json": self._control / "agent.json",
             "token": self._control / "token",
         }
-        config = {**launch.config, "relay_socket": f"{CONTROL_DIR}/{RELAY_SOCKET_NAME}",
-                  "token_file": f"{CONTROL_DIR}/token", "app_dir": "/app"}
+        config = {
+            **launch.config,
+            "relay_socket": f"{CONTROL_DIR}/{RELAY_SOCKET_NAME}",
+            "token_file": f"{CONTROL_DIR}/token",
+            "app_dir": "/app",
+        }
         if launch.env_file is not None:
             # bound straight from where the site's owner keeps it: never copied, never read here
             control_files["site.env"] = launch.env_file
@@ -88,8 +92,7 @@ class LocalSite:
             input_dir=self.input_dir,
             output_dir=self.output_dir,
             app_dir=launch.app_dir,
-            runtime_dirs=[*fedsim_runtime_dirs(), launch.app_env,
-                          *_venv_base_dirs(launch.app_env)],
+            runtime_dirs=[*fedsim_runtime_dirs(), launch.app_env, *_venv_base_dirs(launch.app_env)],
             control_files=control_files,
             sockets={RELAY_SOCKET_NAME: self._relay_socket},
         )

@@ -77,29 +77,46 @@ def build_command(spec: SandboxSpec, argv: list[str], info_fd: int | None = None
         "--unshare-all",  # user (when possible), ipc, pid, net, uts, cgroup
         "--die-with-parent",
         "--new-session",
-        "--hostname", spec.hostname,
+        "--hostname",
+        spec.hostname,
         "--clearenv",
-        "--proc", "/proc",
-        "--dev", "/dev",
-        "--tmpfs", "/tmp",
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--tmpfs",
+        "/tmp",
         *_system_binds(),
     ]
     for path in _minimal_cover(spec.runtime_dirs):
         if not any(path.is_relative_to(d) for d in SYSTEM_DIRS):
             args += ["--ro-bind", str(path), str(path)]
     args += [
-        "--ro-bind", str(spec.app_dir), APP_DIR,
-        "--ro-bind", str(spec.input_dir), INPUT_DIR,
-        "--bind", str(spec.output_dir), OUTPUT_DIR,
-        "--dir", CONTROL_DIR,
+        "--ro-bind",
+        str(spec.app_dir),
+        APP_DIR,
+        "--ro-bind",
+        str(spec.input_dir),
+        INPUT_DIR,
+        "--bind",
+        str(spec.output_dir),
+        OUTPUT_DIR,
+        "--dir",
+        CONTROL_DIR,
     ]
     for name, host_path in spec.control_files.items():
         args += ["--ro-bind", str(host_path), f"{CONTROL_DIR}/{name}"]
     for name, host_path in spec.sockets.items():
         args += ["--bind", str(host_path), f"{CONTROL_DIR}/{name}"]
     env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
-    env.update({"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp",
-                "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"})
+    env.update(
+        {
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "HOME": "/tmp",
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
+    )
     env.update(spec.env)
     for key, value in env.items():
         args += ["--setenv", key, value]
