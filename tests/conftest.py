@@ -104,11 +104,11 @@ def sandbox_processes() -> list[str]:
 
 
 @pytest.fixture
-def no_leftover_sandboxes() -> Iterator[None]:
-    before = set(sandbox_processes())
+def no_leftover_sandboxes(tmp_path: Path) -> Iterator[None]:
+    """No sandbox of this test's runs (their output lies under tmp_path) outlives the test."""
     yield
-    after = set(sandbox_processes()) - before
-    assert not after, f"sandboxes left running: {after}"
+    left = [p for p in sandbox_processes() if str(tmp_path) in p]
+    assert not left, f"sandboxes left running: {left}"
 
 
 def interrupt(process: subprocess.Popen[str]) -> None:

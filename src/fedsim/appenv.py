@@ -20,7 +20,7 @@ from fedsim.errors import EnvironmentBuildError
 from fedsim.logs import get_logger
 
 log = get_logger("appenv")
-CACHE_LAYOUT_VERSION = "1"
+CACHE_LAYOUT_VERSION = "2"
 COMPLETE_MARKER = ".fedsim-complete"
 
 
@@ -54,10 +54,16 @@ def env_python(env: Path) -> Path:
     return env / "bin" / "python"
 
 
-def ensure_app_env(app_dir: Path, python: str | None = None) -> Path:
-    """Return a ready environment for ``app_dir``, building it on first use."""
+def ensure_app_env(
+    app_dir: Path, python: str | None = None, requirements: Path | None = None
+) -> Path:
+    """Return a ready environment for ``app_dir``, building it on first use.
+
+    ``python`` is the interpreter to build it from (default: fedsim's); ``requirements``
+    replaces the app's own requirements.txt. Both are part of the cache key.
+    """
     python = python or base_python()
-    requirements = app_dir / "requirements.txt"
+    requirements = requirements or app_dir / "requirements.txt"
     key = env_key(requirements.read_bytes(), _python_version(python))
     root = cache_root() / "envs"
     root.mkdir(parents=True, exist_ok=True)
@@ -85,9 +91,24 @@ def ensure_app_env(app_dir: Path, python: str | None = None) -> Path:
             ],
             f"installing {requirements}",
         )
-        (env / COMPLETE_MARKER).write_text(requirements.read_text(encoding="utf-8"))
+        freeze = subprocess.run(
+            [str(env_python(env)), "-m", "pip", "freeze", "--disable-pip-version-check"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        (env / COMPLETE_MARKER).write_text(freeze.stdout)
         log.info("app environment ready: %s", env)
         return env
+
+
+def env_packages(env: Path) -> list[str]:
+    """What is installed in a built environment, as ``pip freeze`` saw it then."""
+    return (env / COMPLETE_MARKER).read_text().splitlines()
+
+
+def env_python_version(env: Path) -> str:
+    return _python_version(str(env_python(env)))
 
 
 def _run_logged(argv: list[str], what: str) -> None:

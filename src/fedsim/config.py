@@ -48,11 +48,7 @@ class SiteConfig(BaseModel):
     @field_validator("inputs", mode="after")
     @classmethod
     def _inputs_exist(cls, value: list[Path], info: ValidationInfo) -> list[Path]:
-        resolved = [_resolve(p, info) for p in value]
-        missing = [str(p) for p in resolved if not p.exists()]
-        if missing:
-            raise ValueError(f"no such file or directory: {', '.join(missing)}")
-        return resolved
+        return _existing_paths(value, info)
 
     @field_validator("env_file", mode="after")
     @classmethod
@@ -71,12 +67,78 @@ class SiteConfig(BaseModel):
         return path
 
 
-class RunConfig(BaseModel):
-    """A whole run: the app, the sites, and how the simulation behaves."""
+def _check_app_dir(value: Path, info: ValidationInfo) -> Path:
+    path = _resolve(value, info)
+    if not path.is_dir():
+        raise ValueError(f"no such app directory: {path}")
+    missing = [f for f in ("main.py", "requirements.txt") if not (path / f).is_file()]
+    if missing:
+        raise ValueError(f"{path} is not a FeatureCloud app directory: no {', '.join(missing)}")
+    return path
+
+
+def _check_python(value: str | None) -> str | None:
+    """Found now, so that a missing interpreter is reported before any site starts."""
+    if value is not None:
+        from fedsim.pythons import find_python
+
+        try:
+            find_python(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+    return value
+
+
+def _check_file(value: Path | None, info: ValidationInfo) -> Path | None:
+    if value is None:
+        return None
+    path = _resolve(value, info)
+    if not path.is_file():
+        raise ValueError(f"no such file: {path}")
+    return path
+
+
+class StepConfig(BaseModel):
+    """One app of a workflow; it sees the previous step's output of the same site."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     app: Path
+    inputs: list[Path] = Field(default_factory=list)
+    """Extra files for every site in this step (a step's config.yml, say); they win over a
+    file of the same name in the previous step's output."""
+    python: str | None = None
+    requirements: Path | None = None
+
+    _app = field_validator("app", mode="after")(_check_app_dir)
+    _python = field_validator("python", mode="after")(_check_python)
+    _requirements = field_validator("requirements", mode="after")(_check_file)
+
+    @field_validator("inputs", mode="after")
+    @classmethod
+    def _inputs_exist(cls, value: list[Path], info: ValidationInfo) -> list[Path]:
+        return _existing_paths(value, info)
+
+
+def _existing_paths(value: list[Path], info: ValidationInfo) -> list[Path]:
+    resolved = [_resolve(p, info) for p in value]
+    missing = [str(p) for p in resolved if not p.exists()]
+    if missing:
+        raise ValueError(f"no such file or directory: {', '.join(missing)}")
+    return resolved
+
+
+class RunConfig(BaseModel):
+    """A whole run: the app (or the steps of a workflow), the sites, and how it behaves."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    app: Path | None = None
+    python: str | None = None
+    """The app's Python: a version ("3.10") or an interpreter's path; default fedsim's."""
+    requirements: Path | None = None
+    """A requirements file that replaces the app's own (for apps pinned to another era)."""
+    steps: list[StepConfig] = Field(default_factory=list)
     name: str | None = None
     output_dir: Path = Field(default_factory=lambda: Path.cwd() / "runs")
     """Default: ``runs/`` where fedsim is started, where ``fedsim status`` looks too."""
@@ -84,23 +146,28 @@ class RunConfig(BaseModel):
     seed: int | None = None
     shorten_waits: bool = False
     poll_interval: Annotated[float, Field(gt=0, le=5)] = 0.02
+    capture_payloads: bool = False
+    """Keep every payload that passes the relay under messages/ in the run directory."""
     sites: Annotated[list[SiteConfig], Field(min_length=1)]
 
     @field_validator("app", mode="after")
     @classmethod
-    def _app_is_featurecloud_dir(cls, value: Path, info: ValidationInfo) -> Path:
-        path = _resolve(value, info)
-        if not path.is_dir():
-            raise ValueError(f"no such app directory: {path}")
-        missing = [f for f in ("main.py", "requirements.txt") if not (path / f).is_file()]
-        if missing:
-            raise ValueError(f"{path} is not a FeatureCloud app directory: no {', '.join(missing)}")
-        return path
+    def _app_is_featurecloud_dir(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return None if value is None else _check_app_dir(value, info)
+
+    _python = field_validator("python", mode="after")(_check_python)
+    _requirements = field_validator("requirements", mode="after")(_check_file)
 
     @field_validator("output_dir", mode="after")
     @classmethod
     def _output_dir_resolved(cls, value: Path, info: ValidationInfo) -> Path:
         return _resolve(value, info)
+
+    @model_validator(mode="after")
+    def _app_or_steps(self) -> RunConfig:
+        if (self.app is None) == (not self.steps):
+            raise ValueError("give either app (one app) or [[steps]] (a workflow), not both")
+        return self
 
     @model_validator(mode="after")
     def _roles_and_names(self) -> RunConfig:
@@ -117,6 +184,26 @@ class RunConfig(BaseModel):
     @property
     def coordinator(self) -> SiteConfig:
         return next(s for s in self.sites if s.coordinator)
+
+    @property
+    def workflow(self) -> list[StepConfig]:
+        """The steps to run; a single app is a workflow of one. Top-level python and
+        requirements apply to steps that do not set their own."""
+        if self.app is not None:
+            return [
+                StepConfig.model_construct(
+                    app=self.app, inputs=[], python=self.python, requirements=self.requirements
+                )
+            ]
+        return [
+            step.model_copy(
+                update={
+                    "python": step.python or self.python,
+                    "requirements": step.requirements or self.requirements,
+                }
+            )
+            for step in self.steps
+        ]
 
     def public_dict(self) -> dict[str, Any]:
         """The resolved config as recorded in the run directory (the TOML holds no secrets)."""
@@ -166,9 +253,19 @@ app = "apps/mean"
 #                            # default: runs/ in the directory fedsim is started from
 # timeout = 3600             # seconds; the run is stopped and marked failed after this
 # seed = 42                  # makes randomness in fedsim reproducible
+# python = "3.10"            # the app's Python (a version or a path); default fedsim's
+# requirements = "reqs.txt"  # replaces the app's requirements.txt (old pins, say)
+# capture_payloads = false   # keep every payload that crosses the relay, for inspection
 # shorten_waits = false      # true: shrink the FeatureCloud engine's fixed sleeps
 #                            # (timing only, never results) for faster simulations
 # poll_interval = 0.02       # seconds between the agent's polls of the app
+
+# A workflow instead of one app: each step sees the previous step's output of the site.
+# [[steps]]
+# app = "apps/normalise"
+# inputs = ["normalise.yml"]  # extra files for every site in this step
+# [[steps]]
+# app = "apps/mean"
 
 [[sites]]
 name = "site-a"

@@ -35,7 +35,18 @@ class _ContextDefaults(logging.Filter):
 
 
 class _UTCFormatter(logging.Formatter):
+    """UTC stamps; a message of several lines gets the full header on every line, so that
+    each line of fedsim.log can be filtered by site on its own."""
+
     converter = time.gmtime
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if "\n" not in text:
+            return text
+        first, *rest = text.split("\n")
+        header = first[: len(first) - len(record.getMessage().split("\n")[0])]
+        return "\n".join([first, *(header + line for line in rest)])
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", self.converter(record.created))

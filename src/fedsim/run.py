@@ -1,16 +1,19 @@
 """One run: reconcile the validated config into running sites, watch them, record everything.
 
-config -> run directory -> app environment -> relay -> sites (inputs, agents) -> watch ->
-stop every site -> collect outputs and logs -> traffic.csv, summary.json.
+config -> run directory -> for each step (one app, or a workflow's apps): app environment,
+relay, sites (inputs, agents), watch, stop, collect -> traffic.csv, versions.json,
+summary.json.
 
 Whatever happens after the run directory exists (a failing site, a timeout, Ctrl-C), the
-``finally`` path stops every site and writes the record, so nothing is lost or left running.
+``finally`` paths stop every site and write the record, so nothing is lost or left running.
 """
 
 from __future__ import annotations
 
+import json
 import secrets
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -20,12 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import fedsim
-from fedsim.appenv import ensure_app_env, env_python
-from fedsim.config import RunConfig
+from fedsim.appenv import ensure_app_env, env_packages, env_python, env_python_version
+from fedsim.config import RunConfig, StepConfig
 from fedsim.errors import Interrupted, RunFailed, RunTimeout, SiteFailed
 from fedsim.logs import get_logger, parse_site_line, run_log_file, site_logger
+from fedsim.pythons import find_python
 from fedsim.relay import RelayServer, RelayState, Routing
-from fedsim.rundir import RunDir, iso, new_run_id
+from fedsim.rundir import RunDir, directory_digest, iso, new_run_id
 from fedsim.sites.base import AgentLaunch, Site
 from fedsim.sites.local import LocalSite
 from fedsim.sites.sandbox import bwrap_path
@@ -39,10 +43,12 @@ LOG_TAIL_LINES = 20
 
 @dataclass
 class SiteRecord:
+    """One site in one step: its process, its log, its fate."""
+
     name: str
     coordinator: bool
     site: Site
-    log_path: Path
+    log_paths: tuple[Path, ...]
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=LOG_TAIL_LINES))
     status: str = "pending"
     exit_code: int | None = None
@@ -56,12 +62,26 @@ class SiteRecord:
         with self.lock:
             self.tail.append(f"{component}: {message}")
             # appended line by line: a site's log is complete on disk whenever it is read
-            with self.log_path.open("a", encoding="utf-8") as log_file:
-                log_file.write(f"{iso(time.time())} {component:<6} {message}\n")
+            for path in self.log_paths:
+                with path.open("a", encoding="utf-8") as log_file:
+                    log_file.write(f"{iso(time.time())} {component:<6} {message}\n")
 
     def tail_text(self) -> str:
         with self.lock:
             return "\n".join(f"    {line}" for line in self.tail)
+
+
+@dataclass
+class StepRecord:
+    index: int
+    config: StepConfig
+    label: str
+    env: Path | None = None
+    relay_state: RelayState | None = None
+    sites: dict[str, SiteRecord] = field(default_factory=dict)
+    status: str = "pending"
+    started: float | None = None
+    ended: float | None = None
 
 
 @dataclass
@@ -75,35 +95,43 @@ class Run:
         self.config = config
         self.run_id = new_run_id(config.name)
         self.run_dir = RunDir.create(config.output_dir, self.run_id)
-        self.records: dict[str, SiteRecord] = {}
+        workflow = config.workflow
+        self.steps = [
+            StepRecord(i, step, f"{i}-{step.app.name}" if len(workflow) > 1 else "")
+            for i, step in enumerate(workflow, start=1)
+        ]
         self.started = time.time()
         self.ended: float | None = None
         self.status = "running"
         self.error: str | None = None
-        self.relay_state: RelayState | None = None
-        self.app_env: Path | None = None
 
     # --- the record ------------------------------------------------------------------------
 
+    def _site_summary(self, name: str) -> dict[str, Any]:
+        ran = [s for s in self.steps if name in s.sites]
+        if not ran:
+            return {"status": "pending", "coordinator": name == self.config.coordinator.name}
+        last = ran[-1].sites[name]
+        traffic = [t for s in ran if s.relay_state for t in s.relay_state.snapshot()[0]]
+        sent = [t for t in traffic if t.sender == name]
+        received = [t for t in traffic if t.receiver == name]
+        state = ran[-1].relay_state
+        return {
+            "status": last.status,
+            "coordinator": last.coordinator,
+            "exit_code": last.exit_code,
+            "started": iso(ran[0].sites[name].started),
+            "ended": iso(last.ended),
+            "messages_sent": len(sent),
+            "bytes_sent": sum(t.bytes for t in sent),
+            "messages_received": len(received),
+            "bytes_received": sum(t.bytes for t in received),
+            "app": state.snapshot()[1].get(name, {}) if state else {},
+            "memory": state.memory_report(name) if state else {},
+        }
+
     def summary(self) -> dict[str, Any]:
-        traffic, statuses = self.relay_state.snapshot() if self.relay_state else ([], {})
-        sites: dict[str, Any] = {}
-        for name, rec in self.records.items():
-            sent = [t for t in traffic if t.sender == name]
-            received = [t for t in traffic if t.receiver == name]
-            sites[name] = {
-                "status": rec.status,
-                "coordinator": rec.coordinator,
-                "exit_code": rec.exit_code,
-                "started": iso(rec.started),
-                "ended": iso(rec.ended),
-                "messages_sent": len(sent),
-                "bytes_sent": sum(t.bytes for t in sent),
-                "messages_received": len(received),
-                "bytes_received": sum(t.bytes for t in received),
-                "app": statuses.get(name, {}),
-                "memory": self.relay_state.memory_report(name) if self.relay_state else {},
-            }
+        traffic = [t for s in self.steps if s.relay_state for t in s.relay_state.snapshot()[0]]
         return {
             "run_id": self.run_id,
             "name": self.config.name,
@@ -112,15 +140,44 @@ class Run:
             "started": iso(self.started),
             "ended": iso(self.ended),
             "duration_s": None if self.ended is None else round(self.ended - self.started, 3),
-            "app": str(self.config.app),
-            "app_env": None if self.app_env is None else str(self.app_env),
+            "app": str(self.steps[-1].config.app),
             "seed": self.config.seed,
             "shorten_waits": self.config.shorten_waits,
             "fedsim_version": fedsim.__version__,
             "messages": len(traffic),
             "bytes": sum(t.bytes for t in traffic),
-            "sites": sites,
+            "steps": [
+                {
+                    "step": s.index,
+                    "app": str(s.config.app),
+                    "status": s.status,
+                    "started": iso(s.started),
+                    "ended": iso(s.ended),
+                    "app_env": None if s.env is None else str(s.env),
+                    "sites": {name: rec.status for name, rec in s.sites.items()},
+                }
+                for s in self.steps
+            ],
+            "sites": {site.name: self._site_summary(site.name) for site in self.config.sites},
         }
+
+    def _write_versions(self) -> None:
+        """What produced this run, so that it can be reproduced (with the recorded seed)."""
+        versions = {
+            "fedsim": fedsim.__version__,
+            "fedsim_python": sys.version,
+            "seed": self.config.seed,
+            "steps": [
+                {
+                    "app": str(s.config.app),
+                    "app_sha256": directory_digest(s.config.app),
+                    "python": None if s.env is None else env_python_version(s.env),
+                    "packages": [] if s.env is None else env_packages(s.env),
+                }
+                for s in self.steps
+            ],
+        }
+        (self.run_dir.path / "versions.json").write_text(json.dumps(versions, indent=2) + "\n")
 
     # --- the run ---------------------------------------------------------------------------
 
@@ -128,21 +185,27 @@ class Run:
         self.run_dir.write_config(self.config.public_dict())
         self.run_dir.write_summary(self.summary())
         with run_log_file(self.run_dir.log_path):
+            apps = " -> ".join(s.config.app.name for s in self.steps)
             log.info(
-                "run %s: %d sites, app %s, record in %s",
+                "run %s: %d sites, %s, record in %s",
                 self.run_id,
                 len(self.config.sites),
-                self.config.app.name,
+                apps,
                 self.run_dir.path,
             )
             private = Path(tempfile.mkdtemp(prefix="fedsim-"))  # sockets, tokens: not recorded
-            relay: RelayServer | None = None
             try:
                 bwrap_path()
-                self.app_env = ensure_app_env(self.config.app)
-                relay = self._start_relay(private)
-                self._start_sites(private, relay.socket_path)
-                self._watch()
+                for step in self.steps:  # all environments first: a bad one fails fast
+                    python = step.config.python
+                    step.env = ensure_app_env(
+                        step.config.app,
+                        python=None if python is None else str(find_python(python)),
+                        requirements=step.config.requirements,
+                    )
+                self._write_versions()
+                for step in self.steps:
+                    self._run_step(step, private)
                 self.status = "finished"
             except KeyboardInterrupt as exc:
                 self._fail(Interrupted("interrupted (Ctrl-C); every site was stopped"), exc)
@@ -152,14 +215,13 @@ class Run:
                 self.status, self.error = "failed", f"{type(exc).__name__}: {exc}"
                 raise
             finally:
-                self._stop_and_collect(relay)
-                shutil.rmtree(private, ignore_errors=True)
-                log.info(
-                    "run %s %s in %.1f s",
-                    self.run_id,
-                    self.status,
-                    (self.ended or time.time()) - self.started,
+                self.ended = time.time()
+                self.run_dir.write_traffic(
+                    (s.index, s.relay_state.snapshot()[0]) for s in self.steps if s.relay_state
                 )
+                self.run_dir.write_summary(self.summary())
+                shutil.rmtree(private, ignore_errors=True)
+                log.info("run %s %s in %.1f s", self.run_id, self.status, self.ended - self.started)
         return RunResult(self.run_dir.path, self.summary())
 
     def _fail(self, error: RunFailed, cause: BaseException) -> None:
@@ -168,54 +230,87 @@ class Run:
         error.run_dir = str(self.run_dir.path)
         raise error from (None if cause is error else cause)
 
-    def _start_relay(self, private: Path) -> RelayServer:
+    def _run_step(self, step: StepRecord, private: Path) -> None:
+        step.status, step.started = "running", time.time()
+        if step.label:
+            log.info("step %d: %s", step.index, step.config.app.name)
+        relay: RelayServer | None = None
+        try:
+            relay = self._start_relay(step, private / f"step-{step.index}")
+            self._start_sites(step, private / f"step-{step.index}", relay.socket_path)
+            self._watch(step)
+            step.status = "finished"
+        except BaseException:
+            step.status = "failed"
+            raise
+        finally:
+            self._stop_and_collect(step, relay)
+            step.ended = time.time()
+
+    def _start_relay(self, step: StepRecord, private: Path) -> RelayServer:
+        private.mkdir(mode=0o700)
         names = tuple(s.name for s in self.config.sites)
         tokens = {name: secrets.token_urlsafe(32) for name in names}
-        self.relay_state = RelayState(Routing(names, self.config.coordinator.name), tokens)
-        relay = RelayServer(self.relay_state, private / "relay.sock")
+        capture = None
+        if self.config.capture_payloads:
+            capture = self.run_dir.path / "messages" / (step.label or "")
+        step.relay_state = RelayState(
+            Routing(names, self.config.coordinator.name), tokens, capture_dir=capture
+        )
+        relay = RelayServer(step.relay_state, private / "relay.sock")
         relay.start()
         log.info("relay listening on %s", relay.socket_path, extra={"component": "relay"})
         return relay
 
-    def _start_sites(self, private: Path, relay_socket: Path) -> None:
-        assert self.relay_state is not None and self.app_env is not None
+    def _step_inputs(self, step: StepRecord, site: str) -> tuple[list[Path], list[Path]]:
+        """(inputs, files that override inputs of the same name) of a site in a step."""
+        if step.index == 1:
+            site_inputs = next(s.inputs for s in self.config.sites if s.name == site)
+            return [*site_inputs, *step.config.inputs], []
+        previous = self.steps[step.index - 2]
+        return [self.run_dir.step_site_dir(site, previous.label) / "output"], step.config.inputs
+
+    def _start_sites(self, step: StepRecord, private: Path, relay_socket: Path) -> None:
+        assert step.relay_state is not None and step.env is not None
         names = [s.name for s in self.config.sites]
         for cfg in self.config.sites:
-            site_dir = self.run_dir.site_dir(cfg.name)
-            site = LocalSite(cfg.name, site_dir, private / "sites" / cfg.name, relay_socket)
-            self.records[cfg.name] = SiteRecord(
-                cfg.name, cfg.coordinator, site, site_dir / "site.log"
-            )
-            site.put_inputs(cfg.inputs)
+            step_dir = self.run_dir.step_site_dir(cfg.name, step.label)
+            site = LocalSite(cfg.name, step_dir, private / "sites" / cfg.name, relay_socket)
+            log_paths = (step_dir / "site.log",)
+            if step.label:
+                log_paths += (self.run_dir.site_dir(cfg.name) / "site.log",)
+            step.sites[cfg.name] = SiteRecord(cfg.name, cfg.coordinator, site, log_paths)
+            site.put_inputs(*self._step_inputs(step, cfg.name))
         for cfg in self.config.sites:
-            rec = self.records[cfg.name]
+            rec = step.sites[cfg.name]
             launch = AgentLaunch(
                 config={
                     "site": cfg.name,
                     "clients": names,
                     "coordinator": self.config.coordinator.name,
-                    "app_python": str(env_python(self.app_env)),
+                    "app_python": str(env_python(step.env)),
                     "poll_interval": self.config.poll_interval,
                     "shorten_waits": self.config.shorten_waits,
+                    "seed": self.config.seed,
                 },
-                token=self.relay_state.tokens[cfg.name],
+                token=step.relay_state.tokens[cfg.name],
                 env_file=cfg.env_file,
-                app_dir=self.config.app,
-                app_env=self.app_env,
+                app_dir=step.config.app,
+                app_env=step.env,
             )
             rec.site.start(launch, rec.on_line)
             rec.status, rec.started = "running", time.time()
             log.info("site %s started%s", cfg.name, " (coordinator)" if cfg.coordinator else "")
         self.run_dir.write_summary(self.summary())
 
-    def _watch(self) -> None:
+    def _watch(self, step: StepRecord) -> None:
         deadline = self.started + self.config.timeout
-        coordinator = self.config.coordinator.name
+        coordinator = step.sites[self.config.coordinator.name]
         coordinator_done: float | None = None
         shown: dict[str, Any] = {}
         while True:
             now = time.time()
-            for rec in self.records.values():
+            for rec in step.sites.values():
                 if rec.status != "running":
                     continue
                 code = rec.site.poll()
@@ -225,18 +320,20 @@ class Run:
                 if code != 0:
                     rec.status = "failed"
                     time.sleep(0.2)  # let the reader hand over the site's last lines
+                    where = f" in step {step.index} ({step.config.app.name})" if step.label else ""
                     raise SiteFailed(
-                        f"site {rec.name} failed (exit code {code}); last lines of its log:\n"
-                        f"{rec.tail_text()}"
+                        f"site {rec.name} failed{where} (exit code {code}); "
+                        f"last lines of its log:\n{rec.tail_text()}"
                     )
                 rec.status = "finished"
                 log.info("site %s finished", rec.name)
                 self.run_dir.write_summary(self.summary())
-            self._show_progress(shown)
-            running = [r for r in self.records.values() if r.status == "running"]
+            self._show_progress(step, shown)
+            running = [r for r in step.sites.values() if r.status == "running"]
             if not running:
                 return
-            if self.records[coordinator].status == "finished":
+            if coordinator.status == "finished":
+                # the run ends with the coordinator; some apps' participants never finish
                 coordinator_done = coordinator_done or now
                 if now - coordinator_done > PARTICIPANT_GRACE:
                     for rec in running:
@@ -249,17 +346,18 @@ class Run:
                         rec.status, rec.ended = "stopped", time.time()
                     return
             if now > deadline:
+                names = ", ".join(r.name for r in running)
                 raise RunTimeout(
                     f"timeout: the run took longer than {self.config.timeout:g} s "
-                    f"(sites still running: {', '.join(r.name for r in running)})"
+                    f"(sites still running: {names})"
                 )
             time.sleep(WATCH_INTERVAL)
 
-    def _show_progress(self, shown: dict[str, Any]) -> None:
+    def _show_progress(self, step: StepRecord, shown: dict[str, Any]) -> None:
         """Log each site's app state when it changes, so long runs show where they are."""
-        if self.relay_state is None:
+        if step.relay_state is None:
             return
-        _, statuses = self.relay_state.snapshot()
+        _, statuses = step.relay_state.snapshot()
         for name, status in statuses.items():
             view = (status.get("message"), status.get("progress"))
             if shown.get(name) != view:
@@ -272,21 +370,22 @@ class Run:
                     "" if progress is None else f" ({progress:.0%})",
                 )
 
-    def _stop_and_collect(self, relay: RelayServer | None) -> None:
+    def _stop_and_collect(self, step: StepRecord, relay: RelayServer | None) -> None:
         now = time.time()
-        for rec in self.records.values():
+        for rec in step.sites.values():
             rec.site.stop()
             if rec.status == "running":
                 rec.status, rec.ended = "stopped", now
                 rec.exit_code = rec.site.poll()
         if relay is not None:
             relay.stop()
-        for name, rec in self.records.items():
+        for name, rec in step.sites.items():
             rec.site.collect()
+            if step.label:  # a workflow's result is its last step's output
+                final = self.run_dir.site_dir(name) / "output"
+                shutil.rmtree(final, ignore_errors=True)
+                shutil.copytree(rec.site.output_dir, final)
             self.run_dir.zip_output(name)
-        self.ended = time.time()
-        if self.relay_state is not None:
-            self.run_dir.write_traffic(self.relay_state.snapshot()[0])
         self.run_dir.write_summary(self.summary())
 
 

@@ -13,6 +13,7 @@ runs/<run-id>/
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import secrets
@@ -30,7 +31,7 @@ SUMMARY = "summary.json"
 LOG = "fedsim.log"
 TRAFFIC = "traffic.csv"
 CONFIG = "config.toml"
-TRAFFIC_COLUMNS = ("time", "sender", "receiver", "memo", "bytes")
+TRAFFIC_COLUMNS = ("time", "sender", "receiver", "memo", "bytes", "kind", "step")
 
 
 def new_run_id(name: str | None = None) -> str:
@@ -60,6 +61,11 @@ class RunDir:
     def site_dir(self, site: str) -> Path:
         return self.path / "sites" / site
 
+    def step_site_dir(self, site: str, step_label: str) -> Path:
+        """A single app works in ``sites/<name>``; a workflow's step k in
+        ``sites/<name>/steps/<k>-<app>``, and its last step's output is copied up."""
+        return self.site_dir(site) / "steps" / step_label if step_label else self.site_dir(site)
+
     @property
     def log_path(self) -> Path:
         return self.path / LOG
@@ -75,14 +81,17 @@ class RunDir:
     def read_summary(self) -> dict[str, Any]:
         return json.loads((self.path / SUMMARY).read_text(encoding="utf-8"))
 
-    def write_traffic(self, records: Iterable[TrafficRecord]) -> None:
+    def write_traffic(self, steps: Iterable[tuple[int, Iterable[TrafficRecord]]]) -> None:
+        """One row per message of every step (a single app is step 1)."""
         with open(self.path / TRAFFIC, "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
             writer.writerow(TRAFFIC_COLUMNS)
-            for r in records:
-                writer.writerow(
-                    [iso(r.time), r.sender, r.receiver, "" if r.memo is None else r.memo, r.bytes]
-                )
+            for step, records in steps:
+                for r in records:
+                    memo = "" if r.memo is None else r.memo
+                    writer.writerow(
+                        [iso(r.time), r.sender, r.receiver, memo, r.bytes, r.kind, step]
+                    )
 
     def zip_output(self, site: str) -> Path:
         output = self.site_dir(site) / "output"
@@ -92,6 +101,15 @@ class RunDir:
                 if path.is_file():
                     archive.write(path, path.relative_to(output))
         return target
+
+
+def directory_digest(path: Path) -> str:
+    """A hash of every file's relative path and content: which version of an app ran."""
+    digest = hashlib.sha256()
+    for item in sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        digest.update(item.relative_to(path).as_posix().encode() + b"\0")
+        digest.update(hashlib.sha256(item.read_bytes()).digest())
+    return digest.hexdigest()
 
 
 def find_run(run: str | None, output_dir: Path = Path("runs")) -> RunDir:

@@ -14,7 +14,9 @@ SHORT_WAITS = {"DATA_POLL_INTERVAL": 0.01, "TRANSITION_WAIT": 0.01, "TERMINAL_WA
 
 def main() -> None:
     app_dir = os.getcwd()
-    sys.path.insert(0, app_dir)
+    # as `python main.py` would have it: the app's folder first, and not fedsim's agent folder
+    # (where this launcher lives), whose modules must not shadow the app's imports
+    sys.path[0] = app_dir
     if os.environ.get("FEDSIM_SHORTEN_WAITS") == "1":
         try:
             import FeatureCloud.app.engine.app as engine

@@ -19,11 +19,11 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote
 
 import httpx
 from dotenv import dotenv_values
 
+from fedsim.agent.exchange import Exchange
 from fedsim.agent.protocol import AppStatus, parse_status, setup_body
 from fedsim.logs import configure_agent_stdout, get_logger
 from fedsim.relay.client import RelayClient
@@ -52,6 +52,7 @@ class AgentConfig:
     poll_interval: float = 0.02
     shorten_waits: bool = False
     env_file: str | None = None
+    seed: int | None = None
     startup_timeout: float = 120.0
     app_url: str = "http://localhost:5000"
 
@@ -68,10 +69,19 @@ class Agent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
         token = Path(config.token_file).read_text(encoding="utf-8").strip()
+        # one set of clients per thread: the main loop's, and the inbox thread's
         self._relay_out = RelayClient(config.relay_socket, config.site, token)
         self._relay_in = RelayClient(config.relay_socket, config.site, token)
+        self._relay_inbox_out = RelayClient(config.relay_socket, config.site, token)
         self._app_out = httpx.Client(base_url=config.app_url, timeout=30.0)
-        self._app_in = httpx.Client(base_url=config.app_url, timeout=30.0)
+        self._exchange = Exchange(
+            config.site,
+            config.clients,
+            config.coordinator,
+            config.seed,
+            app=httpx.Client(base_url=config.app_url, timeout=30.0),
+            relay=self._relay_inbox_out,
+        )
         self._stop = threading.Event()
         self._inbox_error: BaseException | None = None
         self._process: subprocess.Popen[str] | None = None
@@ -165,30 +175,14 @@ class Agent:
     def _forward(self, status: AppStatus) -> None:
         response = self._app_out.get("/api/data")
         response.raise_for_status()
-        receivers = self._relay_out.send(response.content, status.destination, status.memo)
-        log.debug(
-            "sent %d bytes memo=%s to %s", len(response.content), status.memo, ",".join(receivers)
-        )
+        self._exchange.send(self._relay_out, status, response.content)
 
     def _inbox(self) -> None:
         try:
             while not self._stop.is_set():
                 message = self._relay_in.receive(wait=1.0)
-                if message is None:
-                    continue
-                params = {"client": message.sender}
-                if message.memo is not None:
-                    # the engine keys its queues by the URL-encoded memo
-                    params["memo"] = quote(message.memo)
-                self._app_in.post(
-                    "/api/data", params=params, content=message.payload
-                ).raise_for_status()
-                log.debug(
-                    "delivered %d bytes from %s memo=%s",
-                    len(message.payload),
-                    message.sender,
-                    message.memo,
-                )
+                if message is not None:
+                    self._exchange.receive(message)
         except BaseException as exc:  # handed to the main loop, which fails the site
             if not self._stop.is_set():
                 self._inbox_error = exc
@@ -200,6 +194,7 @@ class Agent:
             if self._inbox_error is not None:
                 raise AgentError(f"delivering a message failed: {self._inbox_error}")
             status = self._status()
+            self._exchange.template = status.template
             if status.display() != last_reported:
                 last_reported = status.display()
                 self._relay_out.report_status(last_reported)
@@ -222,7 +217,7 @@ class Agent:
             self._setup()
             inbox.start()
             return self._drive()
-        except (AgentError, httpx.HTTPError, ValueError) as exc:
+        except (AgentError, httpx.HTTPError, ValueError, KeyError) as exc:
             log.error("%s", exc)
             with contextlib.suppress(httpx.HTTPError):
                 self._relay_out.report_status(

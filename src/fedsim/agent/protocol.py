@@ -20,6 +20,9 @@ class AppStatus:
     memo: str | None = None
     smpc: dict[str, Any] | None = None
     dp: dict[str, Any] | None = None
+    template: str = "v2"
+    """``v1``: the older app template, whose status has only ``available`` and ``finished``;
+    it routes by role and takes ``POST /api/data`` with the body only."""
 
     @property
     def failed(self) -> bool:
@@ -33,7 +36,11 @@ class AppStatus:
             "message": self.message,
             "progress": self.progress,
             "finished": self.finished,
+            "template": self.template,
         }
+
+
+V1_STATUS_FIELDS = {"available", "finished"}
 
 
 def parse_status(body: bytes | str) -> AppStatus:
@@ -53,6 +60,7 @@ def parse_status(body: bytes | str) -> AppStatus:
         memo=None if raw.get("memo") is None else str(raw["memo"]),
         smpc=raw.get("smpc"),
         dp=raw.get("dp"),
+        template="v1" if set(raw) <= V1_STATUS_FIELDS else "v2",
     )
 
 

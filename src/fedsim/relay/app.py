@@ -1,6 +1,6 @@
 """The relay's HTTP interface (ASGI).
 
-    POST /sites/{site}/messages?destination=&memo=   body: opaque payload
+    POST /sites/{site}/messages?destination=&memo=&kind=   body: opaque payload
     GET  /sites/{site}/messages?wait=SECONDS         200 with one message, or 204
     PUT  /sites/{site}/status                        JSON state of the site's app
     PUT  /sites/{site}/memory                        JSON peak memory of the site's processes
@@ -23,9 +23,10 @@ from starlette.routing import Route
 
 from fedsim.logs import get_logger
 from fedsim.relay.routing import UnknownDestination
-from fedsim.relay.state import RelayState
+from fedsim.relay.state import APP_KIND, RelayState
 
 SENDER_HEADER = "X-Fedsim-Sender"
+KIND_HEADER = "X-Fedsim-Kind"
 MEMO_HEADER = "X-Fedsim-Memo"
 MAX_WAIT = 30.0
 
@@ -59,8 +60,9 @@ def create_app(state: RelayState) -> Starlette:
         payload = await request.body()
         destination = request.query_params.get("destination") or None
         memo = request.query_params.get("memo")
+        kind = request.query_params.get("kind") or APP_KIND
         try:
-            receivers = state.deliver(caller, destination, memo, payload)
+            receivers = state.deliver(caller, destination, memo, payload, kind)
         except UnknownDestination as exc:
             return _error(400, str(exc))
         log.debug("%s -> %s memo=%s %d bytes", caller, ",".join(receivers), memo, len(payload))
@@ -83,7 +85,7 @@ def create_app(state: RelayState) -> Starlette:
             )
         except (asyncio.QueueEmpty, TimeoutError):
             return Response(status_code=204)
-        headers = {SENDER_HEADER: message.sender}
+        headers = {SENDER_HEADER: message.sender, KIND_HEADER: message.kind}
         if message.memo is not None:
             headers[MEMO_HEADER] = quote(message.memo, safe="")
         return Response(message.payload, media_type="application/octet-stream", headers=headers)

@@ -8,7 +8,8 @@ from urllib.parse import unquote
 
 import httpx
 
-from fedsim.relay.app import MEMO_HEADER, SENDER_HEADER
+from fedsim.relay.app import KIND_HEADER, MEMO_HEADER, SENDER_HEADER
+from fedsim.relay.state import APP_KIND
 
 
 @dataclass(frozen=True)
@@ -16,6 +17,7 @@ class Incoming:
     sender: str
     memo: str | None
     payload: bytes
+    kind: str = APP_KIND
 
 
 class RelayClient:
@@ -30,8 +32,13 @@ class RelayClient:
             timeout=httpx.Timeout(60.0),
         )
 
-    def send(self, payload: bytes, destination: str | None, memo: str | None) -> list[str]:
-        params = {k: v for k, v in (("destination", destination), ("memo", memo)) if v is not None}
+    def send(
+        self, payload: bytes, destination: str | None, memo: str | None, kind: str = APP_KIND
+    ) -> list[str]:
+        params = {"kind": kind}
+        params.update(
+            {k: v for k, v in (("destination", destination), ("memo", memo)) if v is not None}
+        )
         response = self._client.post(f"/sites/{self.site}/messages", params=params, content=payload)
         response.raise_for_status()
         return list(response.json()["receivers"])
@@ -46,6 +53,7 @@ class RelayClient:
             sender=response.headers[SENDER_HEADER],
             memo=unquote(memo) if memo is not None else None,
             payload=response.content,
+            kind=response.headers.get(KIND_HEADER, APP_KIND),
         )
 
     def report_status(self, status: dict[str, Any]) -> None:

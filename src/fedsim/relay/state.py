@@ -7,9 +7,13 @@ import hmac
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from fedsim.relay.routing import Routing
+
+APP_KIND = "app"
+"""An app's own message; the agents' secure-aggregation messages have kinds of their own."""
 
 
 @dataclass(frozen=True)
@@ -17,6 +21,7 @@ class Message:
     sender: str
     memo: str | None
     payload: bytes
+    kind: str = APP_KIND
 
 
 @dataclass(frozen=True)
@@ -26,6 +31,7 @@ class TrafficRecord:
     receiver: str
     memo: str | None
     bytes: int
+    kind: str = APP_KIND
 
 
 @dataclass
@@ -35,6 +41,8 @@ class RelayState:
     routing: Routing
     tokens: dict[str, str]
     traffic: list[TrafficRecord] = field(default_factory=list)
+    capture_dir: Path | None = None
+    """When set, every delivered payload is also written there, for inspection."""
     statuses: dict[str, dict[str, Any]] = field(default_factory=dict)
     memory: dict[str, dict[str, Any]] = field(default_factory=dict)
     _mailboxes: dict[str, asyncio.Queue[Message]] = field(default_factory=dict)
@@ -52,17 +60,29 @@ class RelayState:
         return self._mailboxes[site]
 
     def deliver(
-        self, sender: str, destination: str | None, memo: str | None, payload: bytes
+        self,
+        sender: str,
+        destination: str | None,
+        memo: str | None,
+        payload: bytes,
+        kind: str = APP_KIND,
     ) -> list[str]:
         receivers = self.routing.receivers(sender, destination)
         now = time.time()
         for receiver in receivers:
-            self.mailbox(receiver).put_nowait(Message(sender, memo, payload))
+            self.mailbox(receiver).put_nowait(Message(sender, memo, payload, kind))
         with self._lock:
-            self.traffic.extend(
-                TrafficRecord(now, sender, r, memo, len(payload)) for r in receivers
-            )
+            for receiver in receivers:
+                if self.capture_dir is not None:
+                    self._capture(len(self.traffic) + 1, sender, receiver, kind, payload)
+                self.traffic.append(TrafficRecord(now, sender, receiver, memo, len(payload), kind))
         return receivers
+
+    def _capture(self, number: int, sender: str, receiver: str, kind: str, payload: bytes) -> None:
+        assert self.capture_dir is not None
+        self.capture_dir.mkdir(parents=True, exist_ok=True)
+        name = f"{number:06d}-{sender}-to-{receiver}-{kind}.bin"
+        (self.capture_dir / name).write_bytes(payload)
 
     def set_report(self, kind: str, site: str, report: dict[str, Any]) -> None:
         """What an agent tells about its site: ``status`` of the app, or ``memory``."""

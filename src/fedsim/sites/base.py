@@ -29,8 +29,9 @@ class Site(Protocol):
     name: str
     output_dir: Path
 
-    def put_inputs(self, inputs: Sequence[Path]) -> None:
-        """Place the site's own files where its app will find them (``/mnt/input``)."""
+    def put_inputs(self, inputs: Sequence[Path], overrides: Sequence[Path] = ()) -> None:
+        """Place the site's own files where its app will find them (``/mnt/input``);
+        ``overrides`` replace files of the same name (a workflow step's own config)."""
 
     def start(self, launch: AgentLaunch, on_line: LineSink) -> None:
         """Start the agent; every line it prints is handed to ``on_line``."""

@@ -36,17 +36,18 @@ def fedsim_runtime_dirs() -> list[Path]:
     ]
 
 
-def copy_inputs(inputs: Sequence[Path], dest: Path) -> None:
-    """Folders are merged into ``dest``, files land under their own name; clashes are errors."""
+def copy_inputs(inputs: Sequence[Path], dest: Path, overrides: Sequence[Path] = ()) -> None:
+    """Folders are merged into ``dest``, files land under their own name; clashes are errors,
+    except that ``overrides`` (copied last) replace what they name."""
     dest.mkdir(parents=True, exist_ok=True)
     seen: dict[Path, Path] = {}
-    for source in inputs:
+    for source in [*inputs, *overrides]:
         if source.is_dir():
             items = [(p, p.relative_to(source)) for p in source.rglob("*") if not p.is_dir()]
         else:
             items = [(source, Path(source.name))]
         for path, rel in items:
-            if rel in seen:
+            if rel in seen and source not in overrides:
                 raise ConfigError(f"inputs {seen[rel]} and {path} both provide {rel}")
             seen[rel] = path
             target = dest / rel
@@ -67,8 +68,8 @@ class LocalSite:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self._control.mkdir(parents=True, mode=0o700, exist_ok=True)
 
-    def put_inputs(self, inputs: Sequence[Path]) -> None:
-        copy_inputs(inputs, self.input_dir)
+    def put_inputs(self, inputs: Sequence[Path], overrides: Sequence[Path] = ()) -> None:
+        copy_inputs(inputs, self.input_dir, overrides)
 
     def start(self, launch: AgentLaunch, on_line: LineSink) -> None:
         control_files = {

@@ -10,10 +10,12 @@ config.yml (all keys optional):
       fail: false         # raise in the first state, after writing partial output
       hang: false         # never leave the first state
       report_env: PREFIX  # write the names and values of env vars starting with PREFIX
+      linger: false       # a participant never reports finished after writing its result
 """
 
 import json
 import os
+import sys
 import time
 
 import yaml
@@ -41,6 +43,8 @@ class First(AppState):
         config = read_config()
         with open(os.path.join(OUTPUT_DIR, "partial.txt"), "w") as handle:
             handle.write(f"{self.id} started\n")
+        with open(os.path.join(OUTPUT_DIR, "python.txt"), "w") as handle:
+            handle.write("{}.{}\n".format(*sys.version_info[:2]))
         prefix = config.get("report_env")
         if prefix:
             seen = {k: v for k, v in os.environ.items() if k.startswith(prefix)}
@@ -73,4 +77,6 @@ class Write(AppState):
         total = self.await_data(n=1)
         with open(os.path.join(OUTPUT_DIR, "sum.json"), "w") as handle:
             json.dump({"sum": total}, handle)
+        while read_config().get("linger") and not self.is_coordinator:
+            time.sleep(0.5)
         return "terminal"
