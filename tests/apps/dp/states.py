@@ -42,5 +42,5 @@ class Collect(AppState):
     def run(self):
         received = self.gather_data(use_dp=self.load("use_dp"))
         with open(os.path.join("/mnt/output", "received.json"), "w") as handle:
-            json.dump(received, handle)
+            json.dump(sorted(received), handle)  # arrival order varies from run to run
         return "terminal"
