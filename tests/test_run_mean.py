@@ -23,7 +23,7 @@ def example_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]
     config = workdir / "mean" / "fedsim.toml"
     text = config.read_text().replace('"../../apps/mean"', f'"{ROOT / "apps" / "mean"}"')
     config.write_text(text)
-    result = fedsim("run", str(config))
+    result = fedsim("run", str(config), cwd=config.parent)
     return run_dir_of(result), result
 
 

@@ -24,7 +24,7 @@ def test_shortened_waits_give_the_same_outputs_faster(tmp_path: Path) -> None:
             .replace('"../../apps/mean"', f'"{ROOT / "apps" / "mean"}"')
             .replace("shorten_waits = true", f"shorten_waits = {str(shorten).lower()}")
         )
-        result = fedsim("run", str(config))
+        result = fedsim("run", str(config), cwd=config.parent)
         assert result.returncode == 0, result.stderr
         run_dir = run_dir_of(result)
         summary = json.loads((run_dir / "summary.json").read_text())

@@ -113,12 +113,12 @@ def env_python_version(env: Path) -> str:
 
 def _run_logged(argv: list[str], what: str) -> None:
     tail: deque[str] = deque(maxlen=25)
-    process = subprocess.Popen(
+    with subprocess.Popen(
         argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL
-    )
-    assert process.stdout is not None
-    for line in process.stdout:
-        tail.append(line.rstrip())
-        log.debug("%s", line.rstrip())
-    if process.wait() != 0:
+    ) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            tail.append(line.rstrip())
+            log.debug("%s", line.rstrip())
+    if process.returncode != 0:
         raise EnvironmentBuildError(f"{what} failed:\n" + "\n".join(tail))
