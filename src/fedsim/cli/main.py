@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import typer
 
-from fedsim.cli import config_cmds, inspect_cmds, run_cmd
+from fedsim.cli import config_cmds, inspect_cmds, run_cmd, split_cmd
 
 app = typer.Typer(
     name="fedsim",
@@ -43,6 +43,6 @@ def handles_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-for module in (run_cmd, config_cmds, inspect_cmds):
+for module in (run_cmd, config_cmds, inspect_cmds, split_cmd):
     for name, command in module.COMMANDS.items():
         app.command(name)(handles_errors(command))
