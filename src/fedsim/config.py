@@ -128,6 +128,15 @@ def _existing_paths(value: list[Path], info: ValidationInfo) -> list[Path]:
     return resolved
 
 
+class CompareConfig(BaseModel):
+    """``[compare]``: how ``fedsim compare`` judges the difference."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tolerances: dict[str, float] = Field(default_factory=dict)
+    """Measure name -> tolerance, replacing the app's default (see comparison.json names)."""
+
+
 class RunConfig(BaseModel):
     """A whole run: the app (or the steps of a workflow), the sites, and how it behaves."""
 
@@ -146,6 +155,7 @@ class RunConfig(BaseModel):
     seed: int | None = None
     shorten_waits: bool = False
     poll_interval: Annotated[float, Field(gt=0, le=5)] = 0.02
+    compare: CompareConfig = Field(default_factory=CompareConfig)
     capture_payloads: bool = False
     """Keep every payload that passes the relay under messages/ in the run directory."""
     sites: Annotated[list[SiteConfig], Field(min_length=1)]

@@ -7,7 +7,8 @@
     └── RunFailed        the run started and did not finish
         ├── SiteFailed   a site's app or agent failed
         ├── RunTimeout   the config's timeout ran out
-        └── Interrupted  the user pressed Ctrl-C
+        ├── Interrupted  the user pressed Ctrl-C
+        └── ComparisonFailed  federated and centralised differ beyond a tolerance
 
 Errors from libraries underneath are translated at the boundary with ``raise ... from``.
 """
@@ -26,6 +27,7 @@ class ExitCode(IntEnum):
     SITE_FAILED = 4
     TIMEOUT = 5
     SANDBOX = 6
+    COMPARISON = 7
     INTERRUPTED = 130
 
 
@@ -65,3 +67,9 @@ class RunTimeout(RunFailed):
 
 class Interrupted(RunFailed):
     exit_code = ExitCode.INTERRUPTED
+
+
+class ComparisonFailed(RunFailed):
+    """Both runs finished, but a measure is outside its tolerance."""
+
+    exit_code = ExitCode.COMPARISON

@@ -1,0 +1,186 @@
+"""App-specific measures of how far a federated result is from the centralised one.
+
+Each measure has a value, a tolerance (None: reported, not judged) and whether it passed.
+The app is recognised by its directory name; an app fedsim does not know gets the generic
+measure: the largest difference between same-named numeric CSV outputs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class Measure:
+    name: str
+    value: float
+    tolerance: float | None
+    passed: bool
+    higher_is_better: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        del data["higher_is_better"]
+        return data
+
+
+def judged(name: str, value: float, tolerance: float, higher_is_better: bool = False) -> Measure:
+    ok = value >= tolerance if higher_is_better else value <= tolerance
+    return Measure(name, float(value), tolerance, bool(ok and np.isfinite(value)), higher_is_better)
+
+
+def reported(name: str, value: float) -> Measure:
+    return Measure(name, float(value), None, True)
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """Where the two runs' results are, and how site rows map to centralised rows."""
+
+    federated: dict[str, Path]
+    """site -> its output folder, in the config's site order"""
+    central: Path
+    offsets: dict[str, dict[str, int]]
+
+    @property
+    def coordinator(self) -> Path:
+        return next(iter(self.federated.values()))
+
+    def stacked(self, filename: str, rows_from: str) -> pd.DataFrame:
+        """Every site's ``filename`` with its ``row`` mapped to the pooled row of ``rows_from``."""
+        parts = []
+        for site, folder in self.federated.items():
+            frame = pd.read_csv(folder / filename)
+            frame["row"] = frame["row"] + self.offsets[rows_from][site]
+            parts.append(frame)
+        return pd.concat(parts).set_index("row").sort_index()
+
+
+def _coefficients(outputs: Outputs) -> tuple[pd.Series, pd.Series]:
+    fed = pd.read_csv(outputs.coordinator / "coefficients.csv").set_index("term")["coefficient"]
+    central = pd.read_csv(outputs.central / "coefficients.csv").set_index("term")["coefficient"]
+    return fed, central.reindex(fed.index)
+
+
+def _metric(folder: Path, key: str) -> float:
+    return float(json.loads((folder / "metrics.json").read_text())[key])
+
+
+def pca(outputs: Outputs, tol: dict[str, float]) -> list[Measure]:
+    from scipy.linalg import subspace_angles
+
+    fed = pd.read_csv(outputs.coordinator / "loadings.csv").set_index("feature")
+    central = pd.read_csv(outputs.central / "loadings.csv").set_index("feature").loc[fed.index]
+    angle = float(np.max(subspace_angles(fed.to_numpy(), central.to_numpy())))
+    fed_proj = outputs.stacked("projections.csv", "data.csv")
+    central_proj = pd.read_csv(outputs.central / "projections.csv").set_index("row")
+    central_proj = central_proj.loc[fed_proj.index]
+    correlations = [abs(np.corrcoef(fed_proj[c], central_proj[c])[0, 1]) for c in fed_proj.columns]
+    fed_ev = pd.read_csv(outputs.coordinator / "eigenvalues.csv")["eigenvalue"].to_numpy()
+    central_ev = pd.read_csv(outputs.central / "eigenvalues.csv")["eigenvalue"].to_numpy()
+    return [
+        judged("max_principal_angle", angle, tol.get("max_principal_angle", 1e-6)),
+        judged(
+            "min_projection_correlation",
+            float(min(correlations)),
+            tol.get("min_projection_correlation", 1 - 1e-6),
+            higher_is_better=True,
+        ),
+        judged(
+            "max_eigenvalue_rel_diff",
+            float(np.max(np.abs(fed_ev - central_ev) / np.abs(central_ev))),
+            tol.get("max_eigenvalue_rel_diff", 1e-8),
+        ),
+    ]
+
+
+def linear_regression(outputs: Outputs, tol: dict[str, float]) -> list[Measure]:
+    fed, central = _coefficients(outputs)
+    r2 = abs(_metric(outputs.coordinator, "r2") - _metric(outputs.central, "r2"))
+    return [
+        judged(
+            "max_abs_coefficient_diff",
+            float(np.max(np.abs(fed - central))),
+            tol.get("max_abs_coefficient_diff", 1e-8),
+        ),
+        judged("r2_diff", r2, tol.get("r2_diff", 1e-8)),
+    ]
+
+
+def logistic_regression(outputs: Outputs, tol: dict[str, float]) -> list[Measure]:
+    fed, central = _coefficients(outputs)
+    fed_pred = outputs.stacked("predictions.csv", "data.csv")
+    central_pred = pd.read_csv(outputs.central / "predictions.csv").set_index("row")
+    central_pred = central_pred.loc[fed_pred.index]
+    fed_acc = float((fed_pred["predicted"] == fed_pred["y"]).mean())
+    central_acc = float((central_pred["predicted"] == central_pred["y"]).mean())
+    return [
+        judged(
+            "max_abs_coefficient_diff",
+            float(np.max(np.abs(fed - central))),
+            tol.get("max_abs_coefficient_diff", 1e-5),
+        ),
+        judged("accuracy_diff", abs(fed_acc - central_acc), tol.get("accuracy_diff", 1e-9)),
+        reported("federated_accuracy", fed_acc),
+    ]
+
+
+def random_forest(outputs: Outputs, tol: dict[str, float]) -> list[Measure]:
+    from sklearn.metrics import roc_auc_score
+
+    rows_from = "test.csv" if "test.csv" in outputs.offsets else "data.csv"
+    fed = outputs.stacked("predictions.csv", rows_from)
+    central = pd.read_csv(outputs.central / "predictions.csv").set_index("row").loc[fed.index]
+    measures = []
+    for label, frame in (("federated", fed), ("centralised", central)):
+        measures.append(reported(f"{label}_accuracy", float((frame.predicted == frame.y).mean())))
+    prob_columns = [c for c in fed.columns if c.startswith("prob_")]
+    if len(prob_columns) == 2 and fed["y"].nunique() == 2:
+        for label, frame in (("federated", fed), ("centralised", central)):
+            auc = roc_auc_score(
+                frame["y"].astype(str) == prob_columns[1][5:], frame[prob_columns[1]]
+            )
+            measures.append(reported(f"{label}_auc", float(auc)))
+    measures.append(
+        reported("prediction_agreement", float((fed.predicted == central.predicted).mean()))
+    )
+    return measures
+
+
+def mean(outputs: Outputs, tol: dict[str, float]) -> list[Measure]:
+    fed = pd.read_csv(outputs.coordinator / "means.csv").set_index("column")["mean"]
+    central = pd.read_csv(outputs.central / "means.csv").set_index("column")["mean"]
+    diff = float(np.max(np.abs(fed - central.loc[fed.index]) / np.maximum(np.abs(central), 1e-300)))
+    return [judged("max_rel_mean_diff", diff, tol.get("max_rel_mean_diff", 1e-12))]
+
+
+def generic(outputs: Outputs, tol: dict[str, float]) -> list[Measure]:
+    measures = []
+    for path in sorted(outputs.central.glob("*.csv")):
+        other = outputs.coordinator / path.name
+        if not other.is_file():
+            continue
+        a = pd.read_csv(other).select_dtypes("number")
+        b = pd.read_csv(path).select_dtypes("number")
+        if a.shape != b.shape or a.empty:
+            continue
+        diff = float(np.max(np.abs(a.to_numpy() - b.to_numpy())))
+        name = f"max_abs_diff:{path.name}"
+        measures.append(judged(name, diff, tol.get(name, 1e-8)))
+    return measures
+
+
+MEASURES: dict[str, Callable[[Outputs, dict[str, float]], list[Measure]]] = {
+    "pca": pca,
+    "linear-regression": linear_regression,
+    "logistic-regression": logistic_regression,
+    "random-forest": random_forest,
+    "mean": mean,
+}
