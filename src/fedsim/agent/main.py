@@ -26,6 +26,7 @@ from dotenv import dotenv_values
 from fedsim.agent.exchange import Exchange
 from fedsim.agent.protocol import AppStatus, parse_status, setup_body
 from fedsim.logs import configure_agent_stdout, get_logger
+from fedsim.processes import spawn_line_reader
 from fedsim.relay.client import RelayClient
 
 log = get_logger("agent")
@@ -99,17 +100,10 @@ class Agent:
         return env
 
     def _start_app(self) -> None:
-        self._process = subprocess.Popen(
+        self._process = spawn_line_reader(
             [self.config.app_python, str(LAUNCHER)],
             cwd=self.config.app_dir,
             env=self._app_environment(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            encoding="utf-8",
-            errors="replace",
-            bufsize=1,
         )
         threading.Thread(target=self._pump_app_output, name="app-output", daemon=True).start()
         log.info("started the app (pid %d)", self._process.pid)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import fedsim
 from fedsim.errors import ConfigError
+from fedsim.processes import spawn_line_reader
 from fedsim.sites.base import AgentLaunch, LineSink
 from fedsim.sites.sandbox import CONTROL_DIR, SandboxSpec, build_command
 
@@ -99,16 +100,9 @@ class LocalSite:
         )
         argv = [sys.executable, "-m", "fedsim.agent", f"{CONTROL_DIR}/agent.json"]
         info_read, info_write = os.pipe()
-        self._process = subprocess.Popen(
+        self._process = spawn_line_reader(
             build_command(spec, argv, info_fd=info_write),
             pass_fds=(info_write,),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            encoding="utf-8",
-            errors="replace",
-            bufsize=1,
             start_new_session=True,  # Ctrl-C reaches the orchestrator only; it stops sites itself
         )
         os.close(info_write)
