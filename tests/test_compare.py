@@ -136,3 +136,11 @@ def test_pooled_rows_line_up_with_each_sites_rows(tmp_path: Path) -> None:
         start = pooled.offsets["data.csv"][site.name]
         assert np.array_equal(table.iloc[start : start + len(own)].to_numpy(), own.to_numpy())
     assert (pooled.folder / "config.yml").read_text() == (tmp_path / "config.yml").read_text()
+
+
+def test_the_mean_example_equals_its_centralised_run(tmp_path: Path) -> None:
+    result = fedsim("compare", str(ROOT / "examples" / "mean" / "fedsim.toml"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    run_dir = Path(result.stdout.strip().splitlines()[-1])
+    comparison = json.loads((run_dir / "comparison.json").read_text())
+    assert comparison["passed"] and comparison["measures"][0]["name"] == "max_rel_mean_diff"

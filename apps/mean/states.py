@@ -11,6 +11,9 @@ import pandas as pd
 import yaml
 from FeatureCloud.app.engine.app import AppState, Role, app_state
 
+# An explicit memo for the broadcast: without one, a coordinator that is the only site (the
+# centralised run) would take its await of the broadcast for a gather round and wait forever.
+MEANS_MEMO = "global-means"
 INPUT_DIR = "/mnt/input"
 OUTPUT_DIR = "/mnt/output"
 DEFAULTS = {"input_filename": "data.csv", "sep": ",", "output_filename": "means.csv"}
@@ -61,7 +64,10 @@ class Aggregate(AppState):
         rows = sum(part["rows"] for part in parts)
         sums = [sum(part["sums"][i] for part in parts) for i in range(len(columns))]
         self.log(f"aggregated {len(parts)} sites, {rows} rows in all")
-        self.broadcast_data({"columns": columns, "means": [s / rows for s in sums], "rows": rows})
+        self.broadcast_data(
+            {"columns": columns, "means": [s / rows for s in sums], "rows": rows},
+            memo=MEANS_MEMO,
+        )
         return "write"
 
 
@@ -72,7 +78,7 @@ class WriteMeans(AppState):
 
     def run(self):
         config = self.load("config")
-        result = self.await_data(n=1)
+        result = self.await_data(n=1, memo=MEANS_MEMO)
         table = pd.DataFrame({"column": result["columns"], "mean": result["means"]})
         table.to_csv(
             os.path.join(OUTPUT_DIR, config["output_filename"]), index=False, float_format="%.17g"
