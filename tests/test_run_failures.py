@@ -111,3 +111,20 @@ def test_an_app_that_exits_without_finishing_fails_its_site(tmp_path: Path) -> N
     assert result.returncode == ExitCode.SITE_FAILED
     assert "cannot start: no licence" in result.stderr
     assert "exited with code 3" in result.stderr
+
+
+def test_an_environment_that_cannot_be_built_is_reported_and_recorded(tmp_path: Path) -> None:
+    app = tmp_path / "bad-app"
+    app.mkdir()
+    (app / "main.py").write_text("print('never runs')\n")
+    (app / "requirements.txt").write_text("this-is-not-a-requirement-specifier==!!\n")
+    config = write_run(tmp_path, app, {"hub": {}, "clinic": {}})
+    result = fedsim("run", str(config), env={"FEDSIM_CACHE_DIR": str(tmp_path / "cache")})
+    assert result.returncode == ExitCode.ENVIRONMENT, result.stderr
+    assert "installing" in result.stderr and "requirements.txt failed" in result.stderr
+    run_dir = run_dir_of(result)  # printed last even though the run never started a site
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "failed"
+    assert {s["status"] for s in summary["sites"].values()} == {"pending"}
+    status = fedsim("status", str(run_dir))
+    assert status.returncode == 0 and "pending" in status.stdout

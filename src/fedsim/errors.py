@@ -33,6 +33,8 @@ class ExitCode(IntEnum):
 
 class FedsimError(Exception):
     exit_code: ExitCode = ExitCode.CONFIG
+    run_dir: str | None = None
+    """Set once a run directory exists: the CLI prints it last, whatever went wrong."""
 
 
 class ConfigError(FedsimError):

@@ -25,7 +25,7 @@ from typing import Any
 import fedsim
 from fedsim.appenv import ensure_app_env, env_packages, env_python, env_python_version
 from fedsim.config import RunConfig, StepConfig
-from fedsim.errors import Interrupted, RunFailed, RunTimeout, SiteFailed
+from fedsim.errors import FedsimError, Interrupted, RunFailed, RunTimeout, SiteFailed
 from fedsim.logs import get_logger, parse_site_line, run_log_file, site_logger
 from fedsim.pythons import find_python
 from fedsim.relay import RelayServer, RelayState, Routing
@@ -109,8 +109,20 @@ class Run:
 
     def _site_summary(self, name: str) -> dict[str, Any]:
         ran = [s for s in self.steps if name in s.sites]
-        if not ran:
-            return {"status": "pending", "coordinator": name == self.config.coordinator.name}
+        if not ran:  # the run stopped before this site was started
+            return {
+                "status": "pending",
+                "coordinator": name == self.config.coordinator.name,
+                "exit_code": None,
+                "started": None,
+                "ended": None,
+                "messages_sent": 0,
+                "bytes_sent": 0,
+                "messages_received": 0,
+                "bytes_received": 0,
+                "app": {},
+                "memory": {},
+            }
         last = ran[-1].sites[name]
         traffic = [t for s in ran if s.relay_state for t in s.relay_state.snapshot()[0]]
         sent = [t for t in traffic if t.sender == name]
@@ -213,6 +225,8 @@ class Run:
                 self._fail(exc, exc)
             except BaseException as exc:
                 self.status, self.error = "failed", f"{type(exc).__name__}: {exc}"
+                if isinstance(exc, FedsimError):
+                    exc.run_dir = str(self.run_dir.path)
                 raise
             finally:
                 self.ended = time.time()

@@ -25,14 +25,14 @@ def handles_errors(func: F) -> F:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from fedsim.cli.output import abort, debug_tracebacks, stdout
-        from fedsim.errors import FedsimError, RunFailed
+        from fedsim.errors import FedsimError
 
         try:
             return func(*args, **kwargs)
         except FedsimError as exc:
             if debug_tracebacks():
                 raise
-            if isinstance(exc, RunFailed) and exc.run_dir:
+            if exc.run_dir:
                 from fedsim.cli.output import stderr
 
                 stderr.print(f"[bold red]run failed:[/] {exc}", markup=True, highlight=False)
