@@ -42,6 +42,7 @@ class LocalSums(AppState):
         self.log(f"{len(numeric)} rows, {numeric.shape[1]} numeric columns")
         self.send_data_to_coordinator(
             {
+                "site": self.id,
                 "columns": list(numeric.columns),
                 "sums": numeric.sum(axis=0).tolist(),
                 "rows": len(numeric),
@@ -56,7 +57,8 @@ class Aggregate(AppState):
         self.register_transition("write", Role.COORDINATOR)
 
     def run(self):
-        parts = self.gather_data()
+        # added up in site order, not arrival order: the same inputs give the same bits
+        parts = sorted(self.gather_data(), key=lambda part: part["site"])
         columns = parts[0]["columns"]
         for part in parts[1:]:
             if part["columns"] != columns:
