@@ -7,9 +7,12 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import pytest
 import tomli_w
 
@@ -81,6 +84,30 @@ def write_run(tmp_path: Path, app: Path, sites: dict[str, dict[str, Any]], **top
     path = tmp_path / "fedsim.toml"
     path.write_text(tomli_w.dumps(config))
     return path
+
+
+def example_frames(example: Path) -> list[pd.DataFrame]:
+    """Each site's data.csv of a bundled example, in site order."""
+    return [pd.read_csv(p) for p in sorted(example.glob("data/site-*/data.csv"))]
+
+
+def resplit(example: Path, sizes: list[int]) -> list[pd.DataFrame]:
+    """The example's pooled rows cut into sites of other sizes (in the same pooled order)."""
+    pooled = pd.concat(example_frames(example), ignore_index=True)
+    assert sum(sizes) == len(pooled)
+    bounds = np.cumsum([0, *sizes])
+    return [pooled.iloc[a:b].reset_index(drop=True) for a, b in pairwise(bounds)]
+
+
+def frame_sites(config_key: str, frames: list[pd.DataFrame], config: dict) -> dict[str, dict]:
+    """write_run sites holding these frames as data.csv and one shared app config.yml."""
+    import yaml
+
+    text = yaml.safe_dump({config_key: config})
+    return {
+        f"site-{i}": {"files": {"data.csv": frame.to_csv(index=False), "config.yml": text}}
+        for i, frame in enumerate(frames)
+    }
 
 
 def run_dir_of(result: subprocess.CompletedProcess[str]) -> Path:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,16 @@ import pandas as pd
 import yaml
 
 from fedsim.errors import ExitCode
-from tests.conftest import MEAN_APP, ROOT, fedsim, run_dir_of, write_run
+from tests.conftest import (
+    MEAN_APP,
+    ROOT,
+    example_frames,
+    fedsim,
+    frame_sites,
+    resplit,
+    run_dir_of,
+    write_run,
+)
 
 APP = ROOT / "apps" / "linear-regression"
 EXAMPLE = ROOT / "examples" / "linear-regression"
@@ -21,28 +29,10 @@ COEFFICIENT_ABS = 1e-8
 STATISTIC_REL = 1e-8  # standard errors, R^2, RSS, sigma^2, predictions
 
 
-def example_frames() -> list[pd.DataFrame]:
-    return [pd.read_csv(p) for p in sorted(EXAMPLE.glob("data/site-*/data.csv"))]
-
-
-def resplit(sizes: list[int]) -> list[pd.DataFrame]:
-    """The example's pooled rows cut into sites of other sizes (in the same pooled order)."""
-    pooled = pd.concat(example_frames(), ignore_index=True)
-    assert sum(sizes) == len(pooled)
-    bounds = np.cumsum([0, *sizes])
-    return [pooled.iloc[a:b].reset_index(drop=True) for a, b in pairwise(bounds)]
-
-
-def site_config(frames: list[pd.DataFrame], config: dict) -> dict[str, dict]:
-    text = yaml.safe_dump({"fc_linear_regression": config})
-    return {
-        f"site-{i}": {"files": {"data.csv": frame.to_csv(index=False), "config.yml": text}}
-        for i, frame in enumerate(frames)
-    }
-
-
 def run_sites(tmp_path: Path, frames: list[pd.DataFrame], config: dict) -> Path:
-    result = fedsim("run", str(write_run(tmp_path, APP, site_config(frames, config))))
+    result = fedsim(
+        "run", str(write_run(tmp_path, APP, frame_sites("fc_linear_regression", frames, config)))
+    )
     assert result.returncode == 0, result.stderr
     return run_dir_of(result)
 
@@ -140,7 +130,7 @@ def test_example_matches_pooled_least_squares(tmp_path: Path) -> None:
     assert settings["target"] == "target" and settings["ridge"] == 0 and settings["intercept"]
     result = fedsim("run", str(config), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    frames = example_frames()
+    frames = example_frames(EXAMPLE)
     assert len({len(f) for f in frames}) == 3  # uneven sites
     errors = check_against_pooled(
         run_dir_of(result), ["site-a", "site-b", "site-c"], frames, FEATURES
@@ -149,7 +139,7 @@ def test_example_matches_pooled_least_squares(tmp_path: Path) -> None:
 
 
 def test_ridge_two_sites_with_a_text_column(tmp_path: Path) -> None:
-    frames = resplit([300, 142])
+    frames = resplit(EXAMPLE, [300, 142])
     for i, frame in enumerate(frames):
         frame.insert(0, "hospital", f"hospital {i}")  # non-numeric: not a default feature
     ridge = 200.0
@@ -163,7 +153,7 @@ def test_ridge_two_sites_with_a_text_column(tmp_path: Path) -> None:
 
 
 def test_five_sites_chosen_features_without_intercept(tmp_path: Path) -> None:
-    frames = resplit([150, 120, 90, 60, 22])
+    frames = resplit(EXAMPLE, [150, 120, 90, 60, 22])
     features = ["bmi", "bp", "s5"]
     run_dir = run_sites(
         tmp_path, frames, {"target": "target", "features": features, "intercept": False}
@@ -174,8 +164,8 @@ def test_five_sites_chosen_features_without_intercept(tmp_path: Path) -> None:
 
 
 def test_a_missing_target_fails_clearly(tmp_path: Path) -> None:
-    frames = resplit([221, 221])
-    config = write_run(tmp_path, APP, site_config(frames, {"ridge": 1.0}))
+    frames = resplit(EXAMPLE, [221, 221])
+    config = write_run(tmp_path, APP, frame_sites("fc_linear_regression", frames, {"ridge": 1.0}))
     result = fedsim("run", str(config))
     assert result.returncode == ExitCode.SITE_FAILED
     assert "fc_linear_regression.target is required" in result.stderr

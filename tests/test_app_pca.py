@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,16 @@ from scipy.linalg import subspace_angles
 from sklearn.decomposition import PCA
 
 from fedsim.errors import ExitCode
-from tests.conftest import MEAN_APP, ROOT, fedsim, run_dir_of, write_run
+from tests.conftest import (
+    MEAN_APP,
+    ROOT,
+    example_frames,
+    fedsim,
+    frame_sites,
+    resplit,
+    run_dir_of,
+    write_run,
+)
 
 APP = ROOT / "apps" / "pca"
 EXAMPLE = ROOT / "examples" / "pca"
@@ -25,25 +33,8 @@ PROJECTION_ABS = 1e-6
 MEAN_REL = 1e-12
 
 
-def example_frames() -> list[pd.DataFrame]:
-    return [pd.read_csv(p) for p in sorted(EXAMPLE.glob("data/site-*/data.csv"))]
-
-
-def resplit(sizes: list[int]) -> list[pd.DataFrame]:
-    """The example's pooled rows cut into sites of other sizes (in the same pooled order)."""
-    pooled = pd.concat(example_frames(), ignore_index=True)
-    assert sum(sizes) == len(pooled)
-    bounds = np.cumsum([0, *sizes])
-    return [pooled.iloc[a:b].reset_index(drop=True) for a, b in pairwise(bounds)]
-
-
 def run_sites(tmp_path: Path, frames: list[pd.DataFrame], config: dict) -> Path:
-    text = yaml.safe_dump({"fc_pca": config})
-    sites = {
-        f"site-{i}": {"files": {"data.csv": frame.to_csv(index=False), "config.yml": text}}
-        for i, frame in enumerate(frames)
-    }
-    result = fedsim("run", str(write_run(tmp_path, APP, sites)))
+    result = fedsim("run", str(write_run(tmp_path, APP, frame_sites("fc_pca", frames, config))))
     assert result.returncode == 0, result.stderr
     return run_dir_of(result)
 
@@ -132,7 +123,7 @@ def test_example_matches_pooled_pca(tmp_path: Path) -> None:
     result = fedsim("run", str(config), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     run_dir = run_dir_of(result)
-    frames = example_frames()
+    frames = example_frames(EXAMPLE)
     assert len({len(f) for f in frames}) == 3  # uneven sites
     errors = check_against_pooled(
         run_dir, ["site-a", "site-b", "site-c"], frames, settings["k"], scale=True
@@ -143,7 +134,7 @@ def test_example_matches_pooled_pca(tmp_path: Path) -> None:
 
 
 def test_five_sites_centred_only_with_a_text_column(tmp_path: Path) -> None:
-    frames = resplit([60, 45, 40, 25, 8])
+    frames = resplit(EXAMPLE, [60, 45, 40, 25, 8])
     for i, frame in enumerate(frames):
         frame.insert(0, "cellar", f"cellar {i}")  # non-numeric: always left out
     run_dir = run_sites(tmp_path, frames, {"k": 3, "exclude": ["target"]})
@@ -154,7 +145,7 @@ def test_five_sites_centred_only_with_a_text_column(tmp_path: Path) -> None:
 
 
 def test_two_sites_every_component(tmp_path: Path) -> None:
-    frames = resplit([130, 48])
+    frames = resplit(EXAMPLE, [130, 48])
     run_dir = run_sites(tmp_path, frames, {"k": 13, "scale": True, "exclude": ["target"]})
     errors = check_against_pooled(run_dir, ["site-0", "site-1"], frames, k=13, scale=True)
     print(f"pca 2 sites, scaled, k=13: {errors}")
@@ -165,7 +156,7 @@ def test_two_sites_every_component(tmp_path: Path) -> None:
 
 
 def test_more_components_than_features_fails_clearly(tmp_path: Path) -> None:
-    frames = resplit([100, 78])
+    frames = resplit(EXAMPLE, [100, 78])
     text = yaml.safe_dump({"fc_pca": {"k": 14, "exclude": ["target"]}})
     sites = {
         f"site-{i}": {"files": {"data.csv": frame.to_csv(index=False), "config.yml": text}}
