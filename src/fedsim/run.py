@@ -107,8 +107,16 @@ class Run:
 
     # --- the record ------------------------------------------------------------------------
 
-    def _site_summary(self, name: str) -> dict[str, Any]:
+    def _site_summary(self, name: str, traffic: dict[str, list[int]]) -> dict[str, Any]:
+        """``traffic``: site -> [messages sent, bytes sent, messages received, bytes received]."""
         ran = [s for s in self.steps if name in s.sites]
+        sent_n, sent_b, received_n, received_b = traffic.get(name, [0, 0, 0, 0])
+        counts = {
+            "messages_sent": sent_n,
+            "bytes_sent": sent_b,
+            "messages_received": received_n,
+            "bytes_received": received_b,
+        }
         if not ran:  # the run stopped before this site was started
             return {
                 "status": "pending",
@@ -116,17 +124,11 @@ class Run:
                 "exit_code": None,
                 "started": None,
                 "ended": None,
-                "messages_sent": 0,
-                "bytes_sent": 0,
-                "messages_received": 0,
-                "bytes_received": 0,
+                **counts,
                 "app": {},
                 "memory": {},
             }
         last = ran[-1].sites[name]
-        traffic = [t for s in ran if s.relay_state for t in s.relay_state.snapshot()[0]]
-        sent = [t for t in traffic if t.sender == name]
-        received = [t for t in traffic if t.receiver == name]
         state = ran[-1].relay_state
         return {
             "status": last.status,
@@ -134,16 +136,22 @@ class Run:
             "exit_code": last.exit_code,
             "started": iso(ran[0].sites[name].started),
             "ended": iso(last.ended),
-            "messages_sent": len(sent),
-            "bytes_sent": sum(t.bytes for t in sent),
-            "messages_received": len(received),
-            "bytes_received": sum(t.bytes for t in received),
+            **counts,
             "app": state.snapshot()[1].get(name, {}) if state else {},
             "memory": state.memory_report(name) if state else {},
         }
 
     def summary(self) -> dict[str, Any]:
+        # one pass over every message: the summary is rewritten each time a site finishes
         traffic = [t for s in self.steps if s.relay_state for t in s.relay_state.snapshot()[0]]
+        per_site: dict[str, list[int]] = {}
+        for t in traffic:
+            sender = per_site.setdefault(t.sender, [0, 0, 0, 0])
+            sender[0] += 1
+            sender[1] += t.bytes
+            receiver = per_site.setdefault(t.receiver, [0, 0, 0, 0])
+            receiver[2] += 1
+            receiver[3] += t.bytes
         return {
             "run_id": self.run_id,
             "name": self.config.name,
@@ -170,7 +178,7 @@ class Run:
                 }
                 for s in self.steps
             ],
-            "sites": {site.name: self._site_summary(site.name) for site in self.config.sites},
+            "sites": {s.name: self._site_summary(s.name, per_site) for s in self.config.sites},
         }
 
     def _write_versions(self) -> None:
