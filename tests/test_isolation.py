@@ -2,35 +2,56 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from fedsim.sites.local import fedsim_runtime_dirs
-from fedsim.sites.sandbox import SandboxSpec, build_command
+from fedsim.sites.sandbox import Bind, SandboxSpec, build_command
+
+SITE_UID = 2_099_000_321
+"""The uid of these sandboxes when the tests run as root (a site never runs as root)."""
 
 
-def make_site(tmp_path: Path, name: str) -> SandboxSpec:
+@dataclass
+class Site:
+    spec: SandboxSpec
+    input_dir: Path
+    output_dir: Path
+
+
+def make_site(tmp_path: Path, name: str) -> Site:
     for sub in ("input", "output", "app"):
         (tmp_path / name / sub).mkdir(parents=True)
     (tmp_path / name / "input" / "data.csv").write_text(f"secret rows of {name}\n")
-    return SandboxSpec(
+    os.chown(tmp_path / name / "output", SITE_UID, SITE_UID)
+    spec = SandboxSpec(
         hostname=name,
-        input_dir=tmp_path / name / "input",
-        output_dir=tmp_path / name / "output",
-        app_dir=tmp_path / name / "app",
+        binds=[
+            Bind(tmp_path / name / "app", "/app"),
+            Bind(tmp_path / name / "input", "/mnt/input"),
+            Bind(tmp_path / name / "output", "/mnt/output", writable=True),
+        ],
         runtime_dirs=fedsim_runtime_dirs(),
+        uid=SITE_UID,
     )
+    return Site(spec, tmp_path / name / "input", tmp_path / name / "output")
 
 
-def run_in(spec: SandboxSpec, code: str) -> subprocess.CompletedProcess[str]:
+def command(site: Site, argv: list[str]) -> list[str]:
+    return build_command(site.spec, argv)
+
+
+def run_in(site: Site, code: str) -> subprocess.CompletedProcess[str]:
     argv = [sys.executable, "-c", textwrap.dedent(code)]
-    return subprocess.run(build_command(spec, argv), capture_output=True, text=True, timeout=60)
+    return subprocess.run(command(site, argv), capture_output=True, text=True, timeout=60)
 
 
 @pytest.fixture
@@ -79,7 +100,7 @@ def test_a_site_reaches_no_tcp_port_of_the_host_or_another_site(
     b = make_site(tmp_path, "site-b")
     # site B listens on a port inside its own network namespace
     server_b = subprocess.Popen(
-        build_command(
+        command(
             b,
             [
                 sys.executable,

@@ -16,6 +16,8 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictInt,
+    StrictStr,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -23,6 +25,7 @@ from pydantic import (
 )
 
 from fedsim.errors import ConfigError
+from fedsim.sites.limits import Limits, parse_size
 
 SITE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9-]{0,62}$"
 """Site names become hostnames inside the sandbox, so they follow hostname rules."""
@@ -35,6 +38,42 @@ def _resolve(value: Path, info: ValidationInfo) -> Path:
     return (base / value.expanduser()).resolve()
 
 
+def _size(value: str | int | None) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or (isinstance(value, int) and value <= 0):
+        raise ValueError("a size is a positive number of bytes or a text like '4GiB'")
+    return value if isinstance(value, int) else parse_size(value)
+
+
+class LimitsConfig(BaseModel):
+    """``[limits]`` for every site, or ``[sites.limits]`` for one: what a site may use.
+    Unset fields take the run's value, then the default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    memory: StrictInt | StrictStr | None = None
+    processes: Annotated[int, Field(gt=0, strict=True)] | None = None
+    cpu: Annotated[float, Field(gt=0, allow_inf_nan=False, strict=True)] | None = None
+    """Cores (1.0 = one core's time); enforced where a cpu cgroup can be made."""
+    tmp: StrictInt | StrictStr | None = None
+    output: StrictInt | StrictStr | None = None
+
+    _sizes = field_validator("memory", "tmp", "output", mode="after")(_size)
+
+
+DEFAULT_LIMITS = Limits(memory=4 * 2**30, processes=512, cpu=1.0, tmp=2**30, output=10 * 2**30)
+
+
+def resolve_limits(*layers: LimitsConfig | None) -> Limits:
+    """The defaults, overridden by each layer in turn (the run's, then the site's)."""
+    values = {name: getattr(DEFAULT_LIMITS, name) for name in LimitsConfig.model_fields}
+    for layer in layers:
+        if layer is not None:
+            values.update({k: v for k, v in layer.model_dump().items() if v is not None})
+    return Limits(**values)
+
+
 class SiteConfig(BaseModel):
     """One participant: who it is, and which files it holds."""
 
@@ -44,6 +83,7 @@ class SiteConfig(BaseModel):
     coordinator: bool = False
     inputs: list[Path] = Field(default_factory=list)
     env_file: Path | None = None
+    limits: LimitsConfig | None = None
 
     @field_validator("inputs", mode="after")
     @classmethod
@@ -158,6 +198,7 @@ class RunConfig(BaseModel):
     compare: CompareConfig = Field(default_factory=CompareConfig)
     capture_payloads: bool = False
     """Keep every payload that passes the relay under messages/ in the run directory."""
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
     sites: Annotated[list[SiteConfig], Field(min_length=1)]
 
     @field_validator("app", mode="after")
@@ -215,6 +256,9 @@ class RunConfig(BaseModel):
             for step in self.steps
         ]
 
+    def limits_of(self, site: SiteConfig) -> Limits:
+        return resolve_limits(self.limits, site.limits)
+
     def public_dict(self) -> dict[str, Any]:
         """The resolved config as recorded in the run directory (the TOML holds no secrets)."""
         return self.model_dump(mode="json", exclude_none=True)
@@ -269,6 +313,14 @@ app = "apps/mean"
 # shorten_waits = false      # true: shrink the FeatureCloud engine's fixed sleeps
 #                            # (timing only, never results) for faster simulations
 # poll_interval = 0.02       # seconds between the agent's polls of the app
+
+# What each site may use (a site may override any of them in its own [sites.limits]).
+# [limits]
+# memory = "4GiB"            # the app's memory; over it, the site fails saying so
+# processes = 512            # processes and threads of the app
+# cpu = 1.0                  # cores
+# tmp = "1GiB"               # the app's /tmp
+# output = "10GiB"           # what the app may write to /mnt/output
 
 # A workflow instead of one app: each step sees the previous step's output of the site.
 # [[steps]]

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import fedsim
-from fedsim.appenv import ensure_app_env, env_packages, env_python, env_python_version
+from fedsim.appenv import ensure_app_env, env_packages, env_python_version
 from fedsim.config import RunConfig, StepConfig
 from fedsim.errors import FedsimError, Interrupted, RunFailed, RunTimeout, SiteFailed
 from fedsim.logs import get_logger, parse_site_line, run_log_file, site_logger
@@ -32,13 +32,25 @@ from fedsim.relay import RelayServer, RelayState, Routing
 from fedsim.rundir import RunDir, directory_digest, iso, new_run_id
 from fedsim.sites.base import AgentLaunch, Site
 from fedsim.sites.local import LocalSite
-from fedsim.sites.sandbox import bwrap_path
+from fedsim.sites.sandbox import bwrap_path, running_as_root
+from fedsim.sites.seccomp import write_filter
+from fedsim.sites.uids import UidBlock
 
 log = get_logger("run")
 WATCH_INTERVAL = 0.05
 PARTICIPANT_GRACE = 10.0
 """After the coordinator finishes, participants get this long to finish on their own."""
 LOG_TAIL_LINES = 20
+
+
+STATUS_TEXT_LIMIT = 200
+"""An app's status text is the app's to choose: one line of this many characters at most
+reaches the console (rendering is costly in the length of a line)."""
+
+
+def console_text(value: object) -> str:
+    text = " ".join(str(value).split())
+    return text if len(text) <= STATUS_TEXT_LIMIT else text[: STATUS_TEXT_LIMIT - 1] + "…"
 
 
 @dataclass
@@ -104,6 +116,8 @@ class Run:
         self.ended: float | None = None
         self.status = "running"
         self.error: str | None = None
+        self._uids: UidBlock | None = None
+        self._seccomp: Path | None = None
 
     # --- the record ------------------------------------------------------------------------
 
@@ -138,7 +152,7 @@ class Run:
             "ended": iso(last.ended),
             **counts,
             "app": state.snapshot()[1].get(name, {}) if state else {},
-            "memory": state.memory_report(name) if state else {},
+            "memory": {**(state.memory_report(name) if state else {}), **last.site.memory()},
         }
 
     def summary(self) -> dict[str, Any]:
@@ -216,6 +230,9 @@ class Run:
             private = Path(tempfile.mkdtemp(prefix="fedsim-"))  # sockets, tokens: not recorded
             try:
                 bwrap_path()
+                self._seccomp = write_filter(private / "seccomp.bpf")
+                if running_as_root():
+                    self._uids = UidBlock(len(self.config.sites))
                 for step in self.steps:  # all environments first: a bad one fails fast
                     python = step.config.python
                     step.env = ensure_app_env(
@@ -243,6 +260,8 @@ class Run:
                 )
                 self.run_dir.write_summary(self.summary())
                 shutil.rmtree(private, ignore_errors=True)
+                if self._uids is not None:
+                    self._uids.close()
                 log.info("run %s %s in %.1f s", self.run_id, self.status, self.ended - self.started)
         return RunResult(self.run_dir.path, self.summary())
 
@@ -281,6 +300,7 @@ class Run:
         )
         relay = RelayServer(step.relay_state, private / "relay.sock")
         relay.start()
+        relay.socket_path.chmod(0o666)  # agents run as their own uids; the folder is private
         log.info("relay listening on %s", relay.socket_path, extra={"component": "relay"})
         return relay
 
@@ -294,10 +314,20 @@ class Run:
 
     def _start_sites(self, step: StepRecord, private: Path, relay_socket: Path) -> None:
         assert step.relay_state is not None and step.env is not None
+        assert self._seccomp is not None
         names = [s.name for s in self.config.sites]
-        for cfg in self.config.sites:
+        for index, cfg in enumerate(self.config.sites):
             step_dir = self.run_dir.step_site_dir(cfg.name, step.label)
-            site = LocalSite(cfg.name, step_dir, private / "sites" / cfg.name, relay_socket)
+            site = LocalSite(
+                cfg.name,
+                step_dir,
+                private / "sites" / cfg.name,
+                relay_socket,
+                limits=self.config.limits_of(cfg),
+                uids=None if self._uids is None else self._uids.site(index),
+                seccomp_filter=self._seccomp,
+                run_id=self.run_id,
+            )
             log_paths = (step_dir / "site.log",)
             if step.label:
                 log_paths += (self.run_dir.site_dir(cfg.name) / "site.log",)
@@ -310,7 +340,6 @@ class Run:
                     "site": cfg.name,
                     "clients": names,
                     "coordinator": self.config.coordinator.name,
-                    "app_python": str(env_python(step.env)),
                     "poll_interval": self.config.poll_interval,
                     "shorten_waits": self.config.shorten_waits,
                     "seed": self.config.seed,
@@ -343,8 +372,9 @@ class Run:
                     rec.status = "failed"
                     time.sleep(0.2)  # let the reader hand over the site's last lines
                     where = f" in step {step.index} ({step.config.app.name})" if step.label else ""
+                    why = rec.site.failure() or f"exit code {code}"
                     raise SiteFailed(
-                        f"site {rec.name} failed{where} (exit code {code}); "
+                        f"site {rec.name} failed{where} ({why}); "
                         f"last lines of its log:\n{rec.tail_text()}"
                     )
                 rec.status = "finished"
@@ -388,7 +418,7 @@ class Run:
                 log.info(
                     "site %s: %s%s",
                     name,
-                    status.get("message") or status.get("state"),
+                    console_text(status.get("message") or status.get("state")),
                     "" if progress is None else f" ({progress:.0%})",
                 )
 

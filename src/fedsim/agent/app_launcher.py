@@ -10,6 +10,30 @@ import runpy
 import sys
 
 SHORT_WAITS = {"DATA_POLL_INTERVAL": 0.01, "TRANSITION_WAIT": 0.01, "TERMINAL_WAIT": 0.2}
+SITE_ENV = "/run/fedsim-app/site.env"
+"""The site's own secrets, when it has an env file: put into the app's environment."""
+
+
+def _unquote(value: str) -> str:
+    value = value.strip()
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        inner = value[1:-1]
+        return inner.encode().decode("unicode_escape") if value[0] == '"' else inner
+    return value.split(" #", 1)[0].rstrip()
+
+
+def load_site_env(path: str = SITE_ENV) -> None:
+    """``KEY=VALUE`` lines as in a ``.env`` file (``export``, quotes and comments allowed);
+    read here, inside the app's sandbox, so that fedsim itself never reads the values."""
+    if not os.path.isfile(path):
+        return
+    with open(path, encoding="utf-8") as handle:
+        for raw in handle:
+            line = raw.strip()
+            if not line or line.startswith("#") or "=" not in line:
+                continue
+            key, _, value = line.removeprefix("export ").partition("=")
+            os.environ[key.strip()] = _unquote(value)
 
 
 def main() -> None:
@@ -17,6 +41,7 @@ def main() -> None:
     # as `python main.py` would have it: the app's folder first, and not fedsim's agent folder
     # (where this launcher lives), whose modules must not shadow the app's imports
     sys.path[0] = app_dir
+    load_site_env()
     if os.environ.get("FEDSIM_SHORTEN_WAITS") == "1":
         try:
             import FeatureCloud.app.engine.app as engine

@@ -1,8 +1,10 @@
-"""The agent's loop: start the app, set it up, move its messages until it finishes.
+"""The agent's loop: wait for the app, set it up, move its messages until it finishes.
 
-Two threads share the work so that neither direction waits for the other: the main thread
-polls ``/api/status`` and forwards what the app emits; the inbox thread long-polls the
-relay and delivers what arrives. Each has its own HTTP clients.
+The app runs in a sandbox of its own, started by the site's placement; the agent reaches it
+only on localhost:5000 (see ``sites/local.py``). Two threads share the work so that neither
+direction waits for the other: the main thread polls ``/api/status`` and forwards what the
+app emits; the inbox thread long-polls the relay and delivers what arrives. Each has its
+own HTTP clients.
 """
 
 from __future__ import annotations
@@ -10,10 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import re
 import resource
-import subprocess
 import sys
 import threading
 import time
@@ -21,20 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from dotenv import dotenv_values
 
 from fedsim.agent.exchange import Exchange
 from fedsim.agent.protocol import AppStatus, parse_status, setup_body
 from fedsim.logs import configure_agent_stdout, get_logger
-from fedsim.processes import spawn_line_reader
 from fedsim.relay.client import RelayClient
 
 log = get_logger("agent")
-app_log = get_logger("app")
-
-LAUNCHER = Path(__file__).with_name("app_launcher.py")
-STATUS_ACCESS_LINE = re.compile(r'"GET /api/status HTTP/1\.[01]" 200')
-"""Bottle logs every request; at our poll rate the status polls would drown the app's log."""
 
 
 class AgentError(RuntimeError):
@@ -48,11 +40,8 @@ class AgentConfig:
     coordinator: str
     relay_socket: str
     token_file: str
-    app_dir: str
-    app_python: str
     poll_interval: float = 0.02
     shorten_waits: bool = False
-    env_file: str | None = None
     seed: int | None = None
     startup_timeout: float = 120.0
     app_url: str = "http://localhost:5000"
@@ -85,57 +74,12 @@ class Agent:
         )
         self._stop = threading.Event()
         self._inbox_error: BaseException | None = None
-        self._process: subprocess.Popen[str] | None = None
-
-    # --- the app process ---------------------------------------------------------------
-
-    def _app_environment(self) -> dict[str, str]:
-        env = dict(os.environ)
-        if self.config.env_file:
-            # the site's secrets go to its own app only; they are never logged
-            env.update(
-                {k: v for k, v in dotenv_values(self.config.env_file).items() if v is not None}
-            )
-        env["FEDSIM_SHORTEN_WAITS"] = "1" if self.config.shorten_waits else "0"
-        return env
-
-    def _start_app(self) -> None:
-        self._process = spawn_line_reader(
-            [self.config.app_python, str(LAUNCHER)],
-            cwd=self.config.app_dir,
-            env=self._app_environment(),
-        )
-        threading.Thread(target=self._pump_app_output, name="app-output", daemon=True).start()
-        log.info("started the app (pid %d)", self._process.pid)
-
-    def _pump_app_output(self) -> None:
-        assert self._process is not None and self._process.stdout is not None
-        for line in self._process.stdout:
-            if line.strip() and not STATUS_ACCESS_LINE.search(line):
-                app_log.info("%s", line.rstrip("\n"))
-
-    def _check_app_alive(self) -> None:
-        assert self._process is not None
-        code = self._process.poll()
-        if code is not None:
-            raise AgentError(f"the app exited with code {code} before it reported finished")
-
-    def _stop_app(self) -> None:
-        if self._process is None or self._process.poll() is not None:
-            return
-        self._process.terminate()
-        try:
-            self._process.wait(timeout=3)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
 
     # --- protocol --------------------------------------------------------------------------
 
     def _wait_for_api(self) -> None:
         deadline = time.monotonic() + self.config.startup_timeout
         while True:
-            self._check_app_alive()
             try:
                 self._app_out.get("/api/status").raise_for_status()
                 return
@@ -184,7 +128,6 @@ class Agent:
     def _drive(self) -> int:
         last_reported: dict[str, object] | None = None
         while True:
-            self._check_app_alive()
             if self._inbox_error is not None:
                 raise AgentError(f"delivering a message failed: {self._inbox_error}")
             status = self._status()
@@ -206,7 +149,6 @@ class Agent:
     def run(self) -> int:
         inbox = threading.Thread(target=self._inbox, name="inbox", daemon=True)
         try:
-            self._start_app()
             self._wait_for_api()
             self._setup()
             inbox.start()
@@ -220,21 +162,13 @@ class Agent:
             return 1
         finally:
             self._stop.set()
-            self._stop_app()
             self._report_memory()
 
     def _report_memory(self) -> None:
-        """Peak resident memory of the app (a waited-for child) and of the agent itself."""
+        """Peak resident memory of the agent itself (the placement measures the app's)."""
         kib = 1024  # ru_maxrss is in KiB on Linux
-        usage = {
-            "app_peak_rss_bytes": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * kib,
-            "agent_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * kib,
-        }
-        log.info(
-            "peak memory: app %.1f MiB, agent %.1f MiB",
-            usage["app_peak_rss_bytes"] / 2**20,
-            usage["agent_peak_rss_bytes"] / 2**20,
-        )
+        usage = {"agent_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * kib}
+        log.info("peak memory of the agent: %.1f MiB", usage["agent_peak_rss_bytes"] / 2**20)
         with contextlib.suppress(httpx.HTTPError):
             self._relay_out.report_memory(usage)
 

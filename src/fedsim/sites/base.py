@@ -37,7 +37,14 @@ class Site(Protocol):
         """Start the agent; every line it prints is handed to ``on_line``."""
 
     def poll(self) -> int | None:
-        """The agent's exit code, or None while it runs."""
+        """The agent's exit code, or None while it runs; a site whose app died or broke a
+        limit reports a failure here too."""
+
+    def failure(self) -> str | None:
+        """Why the site failed, in words, when the site knows (a limit, the app's exit)."""
+
+    def memory(self) -> dict[str, int]:
+        """Peak memory of the site's app as the placement measured it (bytes by name)."""
 
     def stop(self) -> None:
         """Stop everything the site runs; idempotent; returns when nothing is left."""

@@ -1,0 +1,200 @@
+"""Apps written to escape their site, run for real: every escape must be refused and the run
+must still end cleanly. Run as root (what the README asks for) and as an ordinary user."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import tomli_w
+import yaml
+
+from tests.conftest import ROOT, run_dir_of
+
+HOSTILE_APP = ROOT / "tests" / "apps" / "hostile"
+HOST_SECRET = "HOST-SECRET-5b1e"
+ATTEMPTS = [
+    "read_shadow",
+    "read_host_file",
+    "write_system",
+    "poison_env_cache",
+    "remount_writable",
+    "write_sysctl",
+    "capabilities",
+    "become_root",
+    "host_environment",
+    "agent_token",
+    "agent_processes",
+    "relay_from_mountinfo",
+    "ptrace_anything",
+    "new_user_namespace",
+    "kernel_interfaces",
+    "host_network",
+    "original_app",
+    "output_links",
+]
+TEST_UID = 2_099_000_123
+"""The ordinary user of the user-mode runs: far from any real account."""
+
+
+@pytest.fixture
+def host_listener() -> Iterator[int]:
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    yield server.getsockname()[1]
+    server.close()
+
+
+def hostile_run(
+    tmp_path: Path,
+    port: int,
+    sites: int = 3,
+    top: dict[str, object] | None = None,
+    per_site: dict[int, dict[str, object]] | None = None,
+    **extra: object,
+) -> Path:
+    """A config of ``sites`` hostile sites; each one's other_input is the next site's input.
+    ``extra`` goes into every site's config.yml, ``per_site[i]`` into site i's only, and
+    ``top`` into the run config."""
+    app = tmp_path / "app"
+    shutil.copytree(HOSTILE_APP, app)
+    host_file = tmp_path / "host-secret.txt"
+    host_file.write_text(HOST_SECRET)
+    host_file.chmod(0o644)
+    names = [f"site-{i}" for i in range(sites)]
+    entries = []
+    for i, name in enumerate(names):
+        data = tmp_path / "data" / name
+        data.mkdir(parents=True)
+        other = tmp_path / "data" / names[(i + 1) % sites] / "config.yml"
+        cfg = {"host_file": str(host_file), "other_input": str(other), "host_port": port}
+        cfg.update(extra)
+        cfg.update((per_site or {}).get(i, {}))
+        (data / "config.yml").write_text(yaml.safe_dump({"hostile": cfg}))
+        entries.append({"name": name, "inputs": [f"data/{name}"], "coordinator": i == 0})
+    config = {
+        "app": str(app),
+        "output_dir": str(tmp_path / "runs"),
+        "timeout": 120,
+        "shorten_waits": True,
+        **(top or {}),
+        "sites": entries,
+    }
+    path = tmp_path / "fedsim.toml"
+    path.write_text(tomli_w.dumps(config))
+    return path
+
+
+def site_uids() -> dict[str, set[int]]:
+    """uid (as the host sees it) of every app launcher and agent process running now."""
+    out = subprocess.run(["ps", "-ww", "-eo", "uid=,args="], capture_output=True, text=True).stdout
+    found: dict[str, set[int]] = {"app": set(), "agent": set()}
+    for line in out.splitlines():
+        uid, _, args = line.strip().partition(" ")
+        if "fedsim-app/launcher.py" in args and "bwrap" not in args:
+            found["app"].add(int(uid))
+        elif args.startswith(f"{sys.executable} -m fedsim.agent"):
+            found["agent"].add(int(uid))
+    return found
+
+
+def as_ordinary_user(tmp_path: Path, app_env: Path) -> tuple[list[str], dict[str, str]]:
+    """A command prefix running fedsim as TEST_UID. fedsim's Python and the built app
+    environment live under /root (mode 0700): a private mount namespace makes them
+    reachable for this user without changing anything on the host."""
+    stash = tmp_path / "root-stash"
+    cache = tmp_path / "cache"
+    (cache / "envs" / app_env.name).mkdir(parents=True)
+    stash.mkdir()
+    script = f"""
+set -e
+mount --make-rprivate /
+mount --bind {app_env} {cache / "envs" / app_env.name}
+mount --bind /root {stash}
+mount -t tmpfs -o mode=0755 tmpfs /root
+mkdir -p /root/.pyenv
+mount --bind {stash}/.pyenv /root/.pyenv
+exec setpriv --reuid={TEST_UID} --regid={TEST_UID} --clear-groups -- "$@"
+"""
+    for path in [tmp_path, *tmp_path.rglob("*")]:
+        if path != stash and stash not in path.parents:
+            os.lchown(path, TEST_UID, TEST_UID)
+    return ["unshare", "--mount", "--", "sh", "-c", script, "sh"], {
+        "FEDSIM_CACHE_DIR": str(cache),
+        "HOME": str(tmp_path),
+    }
+
+
+@pytest.fixture
+def open_tmp() -> Iterator[Path]:
+    """A folder an ordinary user can reach (pytest's own are private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="fedsim-test-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.mark.parametrize("who", ["root", "user"])
+def test_every_escape_is_refused_and_the_run_ends_cleanly(
+    open_tmp: Path, host_listener: int, app_environment: Path, who: str
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to compare root and ordinary-user runs")
+    tmp_path = open_tmp
+    attempts = [a for a in ATTEMPTS if a != "output_links"]
+    config = hostile_run(tmp_path, host_listener, linger=4, attempts=attempts)
+    prefix, env = ([], {}) if who == "root" else as_ordinary_user(tmp_path, app_environment)
+    process = subprocess.Popen(
+        [*prefix, sys.executable, "-m", "fedsim", "run", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **env, "FEDSIM_TEST_HOST_TOKEN": "do-not-leak"},
+    )
+    seen: dict[str, set[int]] = {"app": set(), "agent": set()}
+    deadline = time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline:
+        for kind, uids in site_uids().items():
+            seen[kind] |= uids
+        time.sleep(0.2)
+    stdout, stderr = process.communicate(timeout=60)
+    result = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+    assert result.returncode == 0, result.stderr
+    run_dir = run_dir_of(result)
+    for i in range(3):
+        escapes = json.loads(
+            (run_dir / "sites" / f"site-{i}" / "output" / "escapes.json").read_text()
+        )
+        escaped = {k: v["detail"] for k, v in escapes.items() if k != "uid" and not v["held"]}
+        assert not escaped, f"site-{i} ({who}) escaped: {escaped}"
+    # the host's view of who ran the sites
+    assert seen["app"] and seen["agent"], f"no site process seen from the host: {seen}"
+    assert 0 not in seen["app"] | seen["agent"], f"a site ran as root: {seen}"
+    if who == "root":
+        assert len(seen["app"]) == 3, f"each site's app needs its own uid: {seen}"
+        assert not seen["app"] & seen["agent"], f"app and agent share a uid: {seen}"
+    else:
+        assert seen["app"] == seen["agent"] == {TEST_UID}
+    # /app was writable, but only a copy: the app folder is untouched
+    assert not (tmp_path / "app" / "pwned.txt").exists()
+    # nothing of the host or of another site was collected
+    for i in range(3):
+        site_dir = run_dir / "sites" / f"site-{i}"
+        with zipfile.ZipFile(site_dir / "results.zip") as archive:
+            names = archive.namelist()
+            content = b"".join(archive.read(n) for n in names)
+        assert HOST_SECRET.encode() not in content
+        other = tmp_path / "data" / f"site-{(i + 1) % 3}" / "config.yml"
+        assert other.read_bytes() not in content
+        assert not {"host-file-link", "other-input-link", "root-link", "a-fifo"} & set(names)
