@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -14,8 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import fedsim
-from fedsim.errors import ConfigError
 from fedsim.processes import spawn_line_reader
+from fedsim.safefiles import copy_inputs  # never follows a link below a named input
 from fedsim.sites.base import AgentLaunch, LineSink
 from fedsim.sites.sandbox import CONTROL_DIR, SandboxSpec, build_command
 
@@ -35,25 +34,6 @@ def fedsim_runtime_dirs() -> list[Path]:
         Path(sys.prefix),
         Path(fedsim.__file__).resolve().parent.parent,
     ]
-
-
-def copy_inputs(inputs: Sequence[Path], dest: Path, overrides: Sequence[Path] = ()) -> None:
-    """Folders are merged into ``dest``, files land under their own name; clashes are errors,
-    except that ``overrides`` (copied last) replace what they name."""
-    dest.mkdir(parents=True, exist_ok=True)
-    seen: dict[Path, Path] = {}
-    for source in [*inputs, *overrides]:
-        if source.is_dir():
-            items = [(p, p.relative_to(source)) for p in source.rglob("*") if not p.is_dir()]
-        else:
-            items = [(source, Path(source.name))]
-        for path, rel in items:
-            if rel in seen and source not in overrides:
-                raise ConfigError(f"inputs {seen[rel]} and {path} both provide {rel}")
-            seen[rel] = path
-            target = dest / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, target)
 
 
 class LocalSite:
