@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import threading
@@ -15,6 +16,7 @@ import pytest
 from fedsim.errors import ConfigError, OutputTooLarge
 from fedsim.safefiles import MAX_DEPTH, Skipped, copy_inputs, copy_tree, prune_tree, zip_tree
 from fedsim.sites.local import copy_inputs as copy_inputs_from_local
+from tests.conftest import BEHAVE_APP, fedsim, run_dir_of, write_run
 
 SECRET = "host secret\n"
 
@@ -258,3 +260,51 @@ def test_copy_inputs_merges_folders_and_refuses_clashes(tmp_path: Path, host: Pa
     os.mkfifo(fifo)
     with pytest.raises(ConfigError, match="FIFO"):
         finishes(lambda: copy_inputs([fifo], tmp_path / "fifo-dest"))
+
+
+@pytest.mark.usefixtures("no_leftover_sandboxes")
+def test_a_run_whose_app_leaves_links_collects_none_of_their_targets(
+    tmp_path: Path, host: Path
+) -> None:
+    other_input = tmp_path / "data" / "clinic" / "config.yml"  # another site's input
+    links = {
+        "leak.txt": str(host / "secret.txt"),
+        "leak-dir": str(host / "dir"),
+        "other-site.yml": str(other_input),
+    }
+    config = write_run(
+        tmp_path,
+        BEHAVE_APP,
+        {
+            "hub": {"behave": {"links": links, "fifo": "pipe"}},
+            "clinic": {"behave": {"value": 2.0}},
+        },
+    )
+    result = fedsim("run", str(config), timeout=180)
+    assert result.returncode == 0, result.stderr
+    run_dir = run_dir_of(result)
+    hub = run_dir / "sites" / "hub"
+    clinic_input = other_input.read_text()
+    with zipfile.ZipFile(hub / "results.zip") as archive:
+        assert sorted(archive.namelist()) == ["partial.txt", "python.txt", "sum.json"]
+        data = b"".join(archive.read(n) for n in archive.namelist())
+    assert SECRET.encode() not in data and clinic_input.encode() not in data
+    kept = sorted(p.name for p in (hub / "output").iterdir())
+    assert kept == ["partial.txt", "python.txt", "sum.json"]  # links and FIFO removed
+    assert SECRET not in all_text(hub / "output")
+    assert (host / "secret.txt").read_text() == SECRET  # the targets are untouched
+    assert not list(run_dir.rglob("*.partial"))
+
+    skipped = json.loads((run_dir / "summary.json").read_text())["sites"]
+    assert {s["path"]: s["reason"] for s in skipped["hub"]["skipped_outputs"]} == {
+        "leak.txt": f"symbolic link to {str(host / 'secret.txt')!r}, removed",
+        "leak-dir": f"symbolic link to {str(host / 'dir')!r}, removed",
+        "other-site.yml": f"symbolic link to {str(other_input)!r}, removed",
+        "pipe": "FIFO, removed",
+    }
+    assert {s["step"] for s in skipped["hub"]["skipped_outputs"]} == {1}
+    assert skipped["clinic"]["skipped_outputs"] == []
+    site_log = (hub / "site.log").read_text()
+    for name in ("leak.txt", "leak-dir", "other-site.yml", "pipe"):
+        assert f"skipped {name!r}: " in site_log
+    assert "skipped" not in (run_dir / "sites" / "clinic" / "site.log").read_text()
