@@ -31,7 +31,7 @@ import stat
 import time
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import suppress
+from contextlib import closing, suppress
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Literal
@@ -246,17 +246,19 @@ def copy_tree(
     skipped: list[Skipped] = []
     budget = _Budget(limit, str(source))
     stack = [os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)]
+    # closing: an error (a clash, the limit) closes the walk's descriptors at once
     try:
-        for entry in walk(source, skipped):
-            if entry.kind == "enter" and entry.path.parts:
-                stack.append(_open_dest_dir(stack[-1], entry.path.name))
-            elif entry.kind == "leave" and entry.path.parts:
-                os.close(stack.pop())
-            elif entry.kind == "file":
-                assert entry.stat is not None
-                if claim is not None:
-                    claim(entry.path)
-                _copy_file(entry.fd, entry.stat, stack[-1], entry.path.name, budget)
+        with closing(walk(source, skipped)) as entries:
+            for entry in entries:
+                if entry.kind == "enter" and entry.path.parts:
+                    stack.append(_open_dest_dir(stack[-1], entry.path.name))
+                elif entry.kind == "leave" and entry.path.parts:
+                    os.close(stack.pop())
+                elif entry.kind == "file":
+                    assert entry.stat is not None
+                    if claim is not None:
+                        claim(entry.path)
+                    _copy_file(entry.fd, entry.stat, stack[-1], entry.path.name, budget)
     finally:
         for fd in stack:
             os.close(fd)
@@ -289,8 +291,11 @@ def zip_tree(source: Path, target: Path, *, limit: int | None = None) -> list[Sk
     budget = _Budget(limit, str(source))
     partial = target.with_name(target.name + ".partial")
     try:
-        with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as archive:
-            for entry in walk(source, skipped):
+        with (
+            zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as archive,
+            closing(walk(source, skipped)) as entries,
+        ):
+            for entry in entries:
                 if entry.kind != "file":
                     continue
                 assert entry.stat is not None
