@@ -6,6 +6,7 @@
     ├── SandboxError     this machine cannot build a site sandbox (missing bwrap, ...)
     └── RunFailed        the run started and did not finish
         ├── SiteFailed   a site's app or agent failed
+        │   └── OutputTooLarge  its output passed its byte limit
         ├── RunTimeout   the config's timeout ran out
         ├── Interrupted  the user pressed Ctrl-C
         └── ComparisonFailed  federated and centralised differ beyond a tolerance
@@ -75,3 +76,9 @@ class ComparisonFailed(RunFailed):
     """Both runs finished, but a measure is outside its tolerance."""
 
     exit_code = ExitCode.COMPARISON
+
+
+class OutputTooLarge(SiteFailed):
+    """A site's output (or a copy of it) is larger than its byte limit; copying stopped."""
+
+    exit_code = ExitCode.SITE_FAILED

@@ -26,10 +26,11 @@ import fedsim
 from fedsim.appenv import ensure_app_env, env_packages, env_python_version
 from fedsim.config import RunConfig, StepConfig
 from fedsim.errors import FedsimError, Interrupted, RunFailed, RunTimeout, SiteFailed
-from fedsim.logs import get_logger, parse_site_line, run_log_file, site_logger
+from fedsim.logs import FIELD_SEPARATOR, get_logger, parse_site_line, run_log_file, site_logger
 from fedsim.pythons import find_python
 from fedsim.relay import RelayServer, RelayState, Routing
 from fedsim.rundir import RunDir, directory_digest, iso, new_run_id
+from fedsim.safefiles import Skipped, copy_tree, prune_tree
 from fedsim.sites.base import AgentLaunch, Site
 from fedsim.sites.local import LocalSite
 from fedsim.sites.sandbox import bwrap_path, running_as_root
@@ -66,6 +67,7 @@ class SiteRecord:
     exit_code: int | None = None
     started: float | None = None
     ended: float | None = None
+    skipped_outputs: list[Skipped] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def on_line(self, line: str) -> None:
@@ -141,6 +143,7 @@ class Run:
                 **counts,
                 "app": {},
                 "memory": {},
+                "skipped_outputs": [],
             }
         last = ran[-1].sites[name]
         state = ran[-1].relay_state
@@ -153,6 +156,11 @@ class Run:
             **counts,
             "app": state.snapshot()[1].get(name, {}) if state else {},
             "memory": {**(state.memory_report(name) if state else {}), **last.site.memory()},
+            "skipped_outputs": [
+                {"step": s.index, "path": k.path, "reason": k.reason}
+                for s in ran
+                for k in s.sites[name].skipped_outputs
+            ],
         }
 
     def summary(self) -> dict[str, Any]:
@@ -433,11 +441,17 @@ class Run:
             relay.stop()
         for name, rec in step.sites.items():
             rec.site.collect()
+            # the app wrote that folder: keep regular files and folders only, follow no link
+            skipped = prune_tree(rec.site.output_dir)
             if step.label:  # a workflow's result is its last step's output
                 final = self.run_dir.site_dir(name) / "output"
                 shutil.rmtree(final, ignore_errors=True)
-                shutil.copytree(rec.site.output_dir, final)
-            self.run_dir.zip_output(name)
+                skipped += copy_tree(rec.site.output_dir, final)
+            skipped += self.run_dir.zip_output(name)
+            rec.skipped_outputs = skipped
+            for item in skipped:
+                message = f"skipped {item.path!r}: {item.reason}"  # repr: names may hold newlines
+                rec.on_line(FIELD_SEPARATOR.join(("output", "WARNING", message)))
         self.run_dir.write_summary(self.summary())
 
 

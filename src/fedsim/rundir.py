@@ -18,7 +18,6 @@ import json
 import os
 import secrets
 import time
-import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from typing import Any
 import tomli_w
 
 from fedsim.relay import TrafficRecord
+from fedsim.safefiles import Skipped, zip_tree
 
 SUMMARY = "summary.json"
 LOG = "fedsim.log"
@@ -93,14 +93,11 @@ class RunDir:
                         [iso(r.time), r.sender, r.receiver, memo, r.bytes, r.kind, step]
                     )
 
-    def zip_output(self, site: str) -> Path:
-        output = self.site_dir(site) / "output"
-        target = self.site_dir(site) / "results.zip"
-        with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as archive:
-            for path in sorted(output.rglob("*")):
-                if path.is_file():
-                    archive.write(path, path.relative_to(output))
-        return target
+    def zip_output(self, site: str, limit: int | None = None) -> list[Skipped]:
+        """``sites/<name>/results.zip`` from the site's output: regular files only, never
+        through a link (the app wrote that folder), complete or not there at all."""
+        site_dir = self.site_dir(site)
+        return zip_tree(site_dir / "output", site_dir / "results.zip", limit=limit)
 
 
 def directory_digest(path: Path) -> str:

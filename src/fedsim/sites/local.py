@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -29,9 +30,9 @@ from pathlib import Path
 from typing import IO
 
 import fedsim
-from fedsim.errors import ConfigError
 from fedsim.logs import get_logger
 from fedsim.processes import spawn_line_reader
+from fedsim.safefiles import copy_inputs  # never follows a link below a named input
 from fedsim.sites.base import AgentLaunch, LineSink
 from fedsim.sites.limits import Limits, SiteCgroup, format_size, rlimit_prefix, tree_size
 from fedsim.sites.sandbox import (
@@ -58,8 +59,13 @@ OUTPUT_CHECK_INTERVAL = 2.0
 MAX_LINE = 16_384
 """Longer app lines are cut into pieces: an app printing a gigabyte without a newline must
 not make fedsim hold it in memory."""
-STATUS_ACCESS_MARK = '"GET /api/status HTTP/1.'
-"""Bottle logs every request; at the agent's poll rate the status polls would drown the log."""
+STATUS_ACCESS_LINE = re.compile(
+    r"(?:(?:\d{1,3}\.){3}\d{1,3}|::1) - - \[[^\]]*\] "
+    r'"GET /api/status HTTP/1\.[01]" \d+ \S+'
+)
+"""Bottle logs every request; at the agent's poll rate the status polls would drown the log.
+Only that record is cut out: another thread's output may share its line (print writes the
+text and the newline separately)."""
 
 
 def _write_private(path: Path, text: str, owner: int | None = None) -> None:
@@ -89,25 +95,6 @@ def venv_base_dirs(env: Path) -> list[Path]:
         if key.strip() == "home":
             return [Path(value.strip()).parent]
     return []
-
-
-def copy_inputs(inputs: Sequence[Path], dest: Path, overrides: Sequence[Path] = ()) -> None:
-    """Folders are merged into ``dest``, files land under their own name; clashes are errors,
-    except that ``overrides`` (copied last) replace what they name."""
-    dest.mkdir(parents=True, exist_ok=True)
-    seen: dict[Path, Path] = {}
-    for source in [*inputs, *overrides]:
-        if source.is_dir():
-            items = [(p, p.relative_to(source)) for p in source.rglob("*") if not p.is_dir()]
-        else:
-            items = [(source, Path(source.name))]
-        for path, rel in items:
-            if rel in seen and source not in overrides:
-                raise ConfigError(f"inputs {seen[rel]} and {path} both provide {rel}")
-            seen[rel] = path
-            target = dest / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, target)
 
 
 def chown_tree(path: Path, uid: int) -> None:
@@ -346,8 +333,9 @@ class LocalSite:
                 on_line(line)
             return
         for piece in iter(lambda: stream.readline(MAX_LINE), ""):
-            if piece.strip() and STATUS_ACCESS_MARK not in piece:
-                on_line(f"{tag}\tINFO\t{piece.rstrip(chr(10))}")
+            text = STATUS_ACCESS_LINE.sub("", piece).rstrip("\n")
+            if text.strip():
+                on_line(f"{tag}\tINFO\t{text}")
 
     def _start_app(self, launch: AgentLaunch, on_line: LineSink) -> _Sandbox:
         app_copy = self._private / "app"

@@ -11,6 +11,8 @@ config.yml (all keys optional):
       hang: false         # never leave the first state
       report_env: PREFIX  # write the names and values of env vars starting with PREFIX
       linger: false       # a participant never reports finished after writing its result
+      links: {}           # name -> target: symbolic links to leave in /mnt/output
+      fifo: null          # a name: a FIFO to leave in /mnt/output (a reader would block)
 """
 
 import json
@@ -45,6 +47,10 @@ class First(AppState):
             handle.write(f"{self.id} started\n")
         with open(os.path.join(OUTPUT_DIR, "python.txt"), "w") as handle:
             handle.write("{}.{}\n".format(*sys.version_info[:2]))
+        for name, target in (config.get("links") or {}).items():
+            os.symlink(target, os.path.join(OUTPUT_DIR, name))
+        if config.get("fifo"):
+            os.mkfifo(os.path.join(OUTPUT_DIR, config["fifo"]))
         prefix = config.get("report_env")
         if prefix:
             seen = {k: v for k, v in os.environ.items() if k.startswith(prefix)}
