@@ -25,8 +25,13 @@ def init(
     stdout.print(str(path), markup=False)
 
 
-def validate(config: Annotated[Path, typer.Argument(help="The run config to check.")]) -> None:
-    """Check a config and every file it names, without starting anything."""
+def validate(
+    config: Annotated[Path, typer.Argument(help="The run config to check.", readable=False)],
+) -> None:
+    """Check a config and every file it names, without starting anything.
+
+    The argument is not checked by Typer (``readable=False``): load_config reports a config
+    it cannot read in the same one-line shape as every other fault."""
     from fedsim.cli.output import stdout
     from fedsim.config import load_config
 
