@@ -370,8 +370,10 @@ def test_a_config_without_read_permission_is_one_line() -> None:
         shutil.rmtree(folder)
 
 
-def test_keys_that_look_like_markup_are_reported_as_written(tmp_path: Path) -> None:
-    path = write(tmp_path, '"[/]" = 1\n"[bold]x" = 2\n' + TWO_SITES)
+def test_keys_that_look_like_markup_or_lines_are_reported_as_written(tmp_path: Path) -> None:
+    path = write(tmp_path, '"[/]" = 1\n"[bold]x" = 2\n"a\\nb: c" = 3\n' + TWO_SITES)
     code, output = validate(path)
     assert code == ExitCode.CONFIG
-    assert f"{path}: [/]: unknown key" in output and f"{path}: [bold]x: unknown key" in output
+    assert f'{path}: "[/]": unknown key' in output and f'{path}: "[bold]x": unknown key' in output
+    assert f'{path}: "a\\nb: c": unknown key' in output  # quoted as TOML would, on one line
+    assert len(output.splitlines()) == 3

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import stat
 import tomllib
 from collections.abc import Iterator
@@ -403,10 +404,19 @@ def _tolerance_faults(
             yield ("compare", "tolerances", name), fault
 
 
+BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
 def _field_path(loc: tuple[int | str, ...]) -> str:
+    """``sites[1].inputs[0]``; a key that TOML would quote is quoted, so that a key holding
+    a newline or ``: `` cannot split or fake a line of the report."""
     out = ""
     for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        if isinstance(part, int):
+            out += f"[{part}]"
+            continue
+        key = part if BARE_KEY.fullmatch(part) else json.dumps(part)
+        out += f".{key}" if out else key
     return out or "(top level)"
 
 
