@@ -494,9 +494,10 @@ TEMPLATE = """\
 
 # A FeatureCloud app directory (main.py, requirements.txt, states).
 app = "apps/mean"
-# name = "my-study"          # optional label, recorded in the run directory
+# name = "my-study"          # optional label, part of the run id (letters, digits, -)
 # output_dir = "runs"        # where runs/<run-id>/ is written (relative to this file);
-#                            # default: runs/ in the directory fedsim is started from
+#                            # default: runs/ in the directory fedsim is started from;
+#                            # never inside an app or an input
 # timeout = 3600             # seconds; the run is stopped and marked failed after this
 # seed = 42                  # makes randomness in fedsim reproducible
 # python = "3.10"            # the app's Python (a version or a path); default fedsim's
