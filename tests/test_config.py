@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -10,7 +17,7 @@ from typer.testing import CliRunner
 from fedsim.cli.main import app
 from fedsim.config import load_config
 from fedsim.errors import ConfigError, ExitCode
-from tests.conftest import MEAN_APP
+from tests.conftest import BEHAVE_APP, MEAN_APP, ROOT
 
 runner = CliRunner()
 
@@ -59,20 +66,80 @@ def test_a_good_config_validates_with_paths_resolved(tmp_path: Path) -> None:
         ('colour = "red"\n' + TWO_SITES, "colour", "unknown key"),
         (
             TWO_SITES.replace('inputs = ["b"]', 'inputs = ["b"]\ncoordinator = true'),
-            "(top level)",
+            "sites",
             "exactly one site needs coordinator = true; found: a, b",
         ),
-        (TWO_SITES.replace("coordinator = true\n", ""), "(top level)", "found: none"),
+        (TWO_SITES.replace("coordinator = true\n", ""), "sites", "found: none"),
         (
             TWO_SITES.replace('inputs = ["b"]', 'inputs = ["b", "missing.csv"]'),
-            "sites[1].inputs",
+            "sites[1].inputs[1]",
             "no such file or directory",
         ),
-        (TWO_SITES.replace('name = "b"', 'name = "a"'), "(top level)", "repeated: a"),
+        (TWO_SITES.replace('name = "b"', 'name = "a"'), "sites", "repeated: a"),
         (TWO_SITES.replace('name = "b"', 'name = "b c"'), "sites[1].name", "should match"),
         (TWO_SITES.replace('name = "b"', 'name = "b"\nport = 1'), "sites[1].port", "unknown key"),
         ("timeout = -1\n" + TWO_SITES, "timeout", "greater than 0"),
         ("sites = []\n", "sites", "at least 1"),
+        # the run's name is a part of the run directory's name: no way out of output_dir
+        ('name = "../../x"\n' + TWO_SITES, "name", '"../../x" should match'),
+        ('name = "a/b"\n' + TWO_SITES, "name", '"a/b" should match'),
+        ('name = "a_b"\n' + TWO_SITES, "name", "letters, digits and '-'"),
+        # strict numbers: no true for 1 s, no inf or nan, no strings
+        ("timeout = true\n" + TWO_SITES, "timeout", "valid number (got true)"),
+        ("timeout = inf\n" + TWO_SITES, "timeout", "finite number (got inf)"),
+        ('timeout = "10"\n' + TWO_SITES, "timeout", 'valid number (got "10")'),
+        ("poll_interval = nan\n" + TWO_SITES, "poll_interval", "finite number (got nan)"),
+        ("poll_interval = false\n" + TWO_SITES, "poll_interval", "valid number (got false)"),
+        ("seed = true\n" + TWO_SITES, "seed", "valid integer (got true)"),
+        ("seed = 1.5\n" + TWO_SITES, "seed", "valid integer (got 1.5)"),
+        # strict booleans: no 1 or "yes"
+        ("shorten_waits = 1\n" + TWO_SITES, "shorten_waits", "valid boolean (got 1)"),
+        ('capture_payloads = "yes"\n' + TWO_SITES, "capture_payloads", 'boolean (got "yes")'),
+        (
+            TWO_SITES.replace("coordinator = true", 'coordinator = "yes"'),
+            "sites[0].coordinator",
+            'valid boolean (got "yes")',
+        ),
+        (
+            TWO_SITES + "[compare.tolerances]\nmax_rel_mean_diff = true\n",
+            "compare.tolerances.max_rel_mean_diff",
+            "valid number (got true)",
+        ),
+        (
+            TWO_SITES + "[compare.tolerances]\nmax_rel_mean_diff = inf\n",
+            "compare.tolerances.max_rel_mean_diff",
+            "finite number (got inf)",
+        ),
+        # a misspelt measure would be ignored silently; the valid ones are named
+        (
+            TWO_SITES + "[compare.tolerances]\nmax_mean_diff = 1e-9\n",
+            "compare.tolerances.max_mean_diff",
+            "no such measure for app 'mean'; its measures are: max_rel_mean_diff",
+        ),
+        # inputs that cannot be copied: a device is read forever
+        (
+            TWO_SITES.replace('inputs = ["b"]', 'inputs = ["/dev/zero"]'),
+            "sites[1].inputs[0]",
+            "/dev/zero is a character device; an input must be a regular file or a folder",
+        ),
+        (
+            TWO_SITES.replace('inputs = ["b"]', 'inputs = ["b\\u0000c"]'),
+            "sites[1].inputs[0]",
+            "not a usable path",
+        ),
+        (
+            TWO_SITES.replace('inputs = ["b"]', f'inputs = ["{"x" * 300}"]'),
+            "sites[1].inputs[0]",
+            "File name too long",
+        ),
+        # runs under an app or an input would be handed to every site
+        (
+            f'output_dir = "{MEAN_APP}/runs"\n' + TWO_SITES,
+            "output_dir",
+            f"output_dir {MEAN_APP}/runs lies inside app ({MEAN_APP})",
+        ),
+        ('output_dir = "b/runs"\n' + TWO_SITES, "output_dir", "lies inside sites[1].inputs[0]"),
+        ('output_dir = "a"\n' + TWO_SITES, "output_dir", "lies inside sites[0].inputs[0]"),
     ],
 )
 def test_each_config_error_names_file_field_and_fault(
@@ -155,3 +222,174 @@ def test_init_writes_a_template_that_validates_once_its_paths_exist(tmp_path: Pa
     target.write_text(target.read_text().replace('"apps/mean"', f'"{MEAN_APP}"'))
     code, output = validate(target)
     assert code == 0, output
+
+
+def lines_of(path: Path) -> list[str]:
+    """The config's faults, one per line, as ``fedsim validate`` prints them."""
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    return str(info.value).splitlines()
+
+
+def test_field_faults_do_not_hide_the_faults_between_fields(tmp_path: Path) -> None:
+    # a type error in a field used to stop pydantic before the checks that span fields
+    body = TWO_SITES.replace('inputs = ["b"]', 'inputs = ["b"]\ncoordinator = true')
+    path = write(tmp_path, 'colour = "red"\ntimeout = true\noutput_dir = "a/runs"\n' + body)
+    lines = lines_of(path)
+    assert [line.split(": ")[1] for line in lines] == [
+        "timeout",
+        "colour",
+        "sites",
+        "output_dir",
+    ]
+    assert all(line.startswith(f"{path}: ") for line in lines)
+    assert "found: a, b" in lines[2] and "sites[0].inputs[0]" in lines[3]
+
+
+def workflow(tmp_path: Path, last: Path = MEAN_APP, extra: str = "") -> Path:
+    path = write(tmp_path, TWO_SITES + extra)
+    steps = f'[[steps]]\napp = "{BEHAVE_APP}"\ninputs = ["a"]\n\n[[steps]]\napp = "{last}"\n'
+    path.write_text(path.read_text().replace(f'app = "{MEAN_APP}"\n', "") + "\n" + steps)
+    return path
+
+
+def test_validate_describes_a_workflow(tmp_path: Path) -> None:
+    code, output = validate(workflow(tmp_path))
+    assert code == 0, output
+    assert "ok: workflow behave -> mean, 2 sites: a (coordinator), b" in " ".join(output.split())
+
+
+def test_a_workflow_needs_its_steps_apart_from_app(tmp_path: Path) -> None:
+    path = workflow(tmp_path)
+    path.write_text(f'app = "{MEAN_APP}"\n' + path.read_text())
+    assert lines_of(path) == [
+        f"{path}: app: give either app (one app) or [[steps]] (a workflow), not both"
+    ]
+    path.write_text(TWO_SITES)
+    assert lines_of(path) == [f"{path}: app: missing: give app (one app) or [[steps]] (a workflow)"]
+
+
+def test_tolerances_are_checked_against_the_last_steps_app(tmp_path: Path) -> None:
+    good = "[compare.tolerances]\nmax_rel_mean_diff = 1e-9\n"
+    assert load_config(workflow(tmp_path, MEAN_APP, good)).compare.tolerances == {
+        "max_rel_mean_diff": 1e-9
+    }
+    path = workflow(tmp_path, BEHAVE_APP, good)  # an app fedsim has no measures for
+    assert lines_of(path) == [
+        f"{path}: compare.tolerances.max_rel_mean_diff: no such measure: app 'behave' is not "
+        "one fedsim knows, so its measures are max_abs_diff:<file>.csv, one per CSV output"
+    ]
+    generic = "[compare.tolerances]\n'max_abs_diff:out.csv' = 0.1\n"
+    assert load_config(workflow(tmp_path, BEHAVE_APP, generic)).compare.tolerances
+    forest = ROOT / "apps" / "random-forest"
+    path = workflow(tmp_path, forest, "[compare.tolerances]\nfederated_accuracy = 0.9\n")
+    assert lines_of(path) == [
+        f"{path}: compare.tolerances.federated_accuracy: no such measure: app 'random-forest' "
+        "has only reported measures, none takes a tolerance"
+    ]
+
+
+def test_a_run_started_inside_an_input_may_not_write_runs_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path, TWO_SITES)
+    monkeypatch.chdir(tmp_path / "a")  # the default output_dir is runs/ where fedsim starts
+    assert lines_of(path) == [
+        f"{path}: output_dir: output_dir (default: runs/ where fedsim is started) "
+        f"{tmp_path}/a/runs lies inside sites[0].inputs[0] ({tmp_path}/a), which sites are "
+        "given; put the runs outside every app and input"
+    ]
+
+
+@pytest.fixture
+def specials(tmp_path: Path) -> Iterator[dict[str, Path]]:
+    """A FIFO, a listening Unix socket, a symlink to the FIFO and a symlink loop."""
+    os.mkfifo(tmp_path / "fifo")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(tmp_path / "sock"))
+    (tmp_path / "to-fifo").symlink_to(tmp_path / "fifo")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    yield {name: tmp_path / name for name in ("fifo", "sock", "to-fifo", "loop")}
+    server.close()
+
+
+@pytest.mark.parametrize(
+    ("given", "fault"),
+    [
+        ("fifo", "{fifo} is a named pipe (FIFO); an input must be a regular file or a folder"),
+        ("sock", "{sock} is a socket; an input must be a regular file or a folder"),
+        # a symlink given in the config is followed, then its target is checked
+        ("to-fifo", "{fifo} is a named pipe (FIFO); an input must be"),
+        ("loop", "not a usable path: 'loop' (Symlink loop from '{loop}')"),
+    ],
+)
+def test_an_input_must_be_a_regular_file_or_folder(
+    tmp_path: Path, specials: dict[str, Path], given: str, fault: str
+) -> None:
+    path = write(tmp_path, TWO_SITES.replace('inputs = ["b"]', f'inputs = ["b", "{given}"]'))
+    (line,) = lines_of(path)
+    assert line.startswith(f"{path}: sites[1].inputs[1]: ")
+    assert fault.format(**specials) in line
+
+
+def test_a_symlinked_folder_is_a_good_input_and_resolved(tmp_path: Path) -> None:
+    (tmp_path / "link").symlink_to(tmp_path / "b")
+    path = write(tmp_path, TWO_SITES.replace('inputs = ["b"]', 'inputs = ["link"]'))
+    assert load_config(path).sites[1].inputs == [tmp_path / "b"]
+
+
+def test_a_config_that_cannot_be_read_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "fedsim.toml"
+    path.write_bytes(b'name = "caf\xe9"\n')  # Latin-1, not UTF-8
+    for config, fault in [
+        (path, "not UTF-8 text (byte 11); TOML files are UTF-8"),
+        (tmp_path, "is a folder, not a config file"),
+        (Path("/dev/zero"), "is a character device, not a config file"),  # read forever before
+    ]:
+        code, output = validate(config)
+        assert code == ExitCode.CONFIG
+        assert output == f"error: {config}: {fault}\n"
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv to drop root")
+def test_a_config_without_read_permission_is_one_line() -> None:
+    # root reads any file, so the command runs as nobody; the folder must be open to nobody
+    folder = Path(tempfile.mkdtemp())
+    try:
+        folder.chmod(0o755)
+        config = folder / "fedsim.toml"
+        config.write_text("sites = []\n")
+        config.chmod(0o000)
+        command = [sys.executable, "-m", "fedsim", "validate", str(config)]
+        if os.geteuid() == 0:
+            command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        assert result.returncode == ExitCode.CONFIG, result.stderr
+        assert result.stderr == f"error: {config}: cannot read: Permission denied\n"
+    finally:
+        shutil.rmtree(folder)
+
+
+def test_keys_that_look_like_markup_or_lines_are_reported_as_written(tmp_path: Path) -> None:
+    path = write(tmp_path, '"[/]" = 1\n"[bold]x" = 2\n"a\\nb: c" = 3\n' + TWO_SITES)
+    code, output = validate(path)
+    assert code == ExitCode.CONFIG
+    assert f'{path}: "[/]": unknown key' in output and f'{path}: "[bold]x": unknown key' in output
+    assert f'{path}: "a\\nb: c": unknown key' in output  # quoted as TOML would, on one line
+    assert len(output.splitlines()) == 3
+
+
+def test_limits_have_defaults_and_a_site_may_override_them(tmp_path: Path) -> None:
+    body = TWO_SITES.replace('inputs = ["b"]', 'inputs = ["b"]\nlimits = { processes = 32 }')
+    config = load_config(write(tmp_path, '[limits]\nmemory = "512MiB"\n' + body))
+    a, b = (config.limits_of(site) for site in config.sites)
+    assert (a.memory, a.processes, a.output) == (512 * 2**20, 512, 10 * 2**30)
+    assert (b.memory, b.processes) == (512 * 2**20, 32)
+
+
+def test_bad_limits_name_the_field(tmp_path: Path) -> None:
+    body = TWO_SITES.replace('inputs = ["b"]', 'inputs = ["b"]\nlimits = { processes = true }')
+    lines = lines_of(write(tmp_path, '[limits]\nmemory = "lots"\ncpu = inf\nswap = 1\n' + body))
+    fields = sorted(line.split(": ")[1] for line in lines)
+    assert fields == ["limits.cpu", "limits.memory", "limits.swap", "sites[1].limits.processes"]
+    assert any("not a size: 'lots'" in line for line in lines)

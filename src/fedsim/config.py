@@ -6,16 +6,24 @@ twenty sites knows which line to fix; all problems are reported at once, not one
 
 from __future__ import annotations
 
+import json
+import math
 import os
+import re
 import stat
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import (
+    AfterValidator,
+    AllowInfNan,
     BaseModel,
     ConfigDict,
     Field,
+    ModelWrapValidatorHandler,
+    Strict,
     StrictInt,
     StrictStr,
     ValidationError,
@@ -23,19 +31,81 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from fedsim.errors import ConfigError
 from fedsim.sites.limits import Limits, parse_size
 
 SITE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9-]{0,62}$"
-"""Site names become hostnames inside the sandbox, so they follow hostname rules."""
+"""Site names become hostnames inside the sandbox, so they follow hostname rules. The run's
+``name`` follows them too: it becomes part of the run directory's name, so it can never hold
+``/`` or ``..`` and move the run elsewhere."""
 
 SECRET_MODE_MASK = stat.S_IRWXG | stat.S_IRWXO
 
+Number = Annotated[float, Strict(), AllowInfNan(False)]
+"""A real number: TOML's ``inf`` and ``nan`` and a ``true`` that Python would read as 1 are
+refused, as are strings; an integer is fine."""
+Flag = Annotated[bool, Strict()]
+"""A TOML boolean, not ``1`` or ``"yes"``."""
 
-def _resolve(value: Path, info: ValidationInfo) -> Path:
-    base = (info.context or {}).get("base_dir", Path.cwd())
-    return (base / value.expanduser()).resolve()
+
+def _resolve(value: Path, info: ValidationInfo | None) -> Path:
+    """``value`` relative to the config's folder, symlinks resolved. Paths that the system
+    cannot even look at (a NUL byte, a symlink loop) are a fault of the config, not a crash."""
+    base = ((info.context if info else None) or {}).get("base_dir", Path.cwd())
+    try:
+        return (base / value.expanduser()).resolve()
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ValueError(f"not a usable path: {str(value)!r} ({exc})") from None
+
+
+def _kind(path: Path) -> str | None:
+    """What is at ``path``: "file", "folder", another kind of thing, or None when nothing is."""
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except (OSError, ValueError) as exc:
+        raise ValueError(
+            f"cannot look at {path}: {getattr(exc, 'strerror', None) or exc}"
+        ) from None
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISDIR(mode):
+        return "folder"
+    if stat.S_ISFIFO(mode):
+        return "named pipe (FIFO)"
+    if stat.S_ISCHR(mode):
+        return "character device"
+    if stat.S_ISBLK(mode):
+        return "block device"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    return "special file"
+
+
+def _check_input(value: Path, info: ValidationInfo) -> Path:
+    """An input is copied into a site, so it must be a regular file or a folder: a FIFO or
+    ``/dev/zero`` would be read forever. A symlink in the config is followed first."""
+    path = _resolve(value, info)
+    kind = _kind(path)
+    if kind is None:
+        raise ValueError(f"no such file or directory: {path}")
+    if kind not in ("file", "folder"):
+        raise ValueError(f"{path} is a {kind}; an input must be a regular file or a folder")
+    return path
+
+
+InputPath = Annotated[Path, AfterValidator(_check_input)]
+
+
+def _readable(path: Path) -> None:
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 def _size(value: str | int | None) -> int | None:
@@ -54,7 +124,7 @@ class LimitsConfig(BaseModel):
 
     memory: StrictInt | StrictStr | None = None
     processes: Annotated[int, Field(gt=0, strict=True)] | None = None
-    cpu: Annotated[float, Field(gt=0, allow_inf_nan=False, strict=True)] | None = None
+    cpu: Annotated[Number, Field(gt=0)] | None = None
     """Cores (1.0 = one core's time); enforced where a cpu cgroup can be made."""
     tmp: StrictInt | StrictStr | None = None
     output: StrictInt | StrictStr | None = None
@@ -80,23 +150,19 @@ class SiteConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: Annotated[str, Field(pattern=SITE_NAME_PATTERN)]
-    coordinator: bool = False
-    inputs: list[Path] = Field(default_factory=list)
+    coordinator: Flag = False
+    inputs: list[InputPath] = Field(default_factory=list)
     env_file: Path | None = None
     limits: LimitsConfig | None = None
-
-    @field_validator("inputs", mode="after")
-    @classmethod
-    def _inputs_exist(cls, value: list[Path], info: ValidationInfo) -> list[Path]:
-        return _existing_paths(value, info)
 
     @field_validator("env_file", mode="after")
     @classmethod
     def _env_file_private(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        """Opened, never read: the orchestrator does not load a site's secrets."""
         if value is None:
             return None
         path = _resolve(value, info)
-        if not path.is_file():
+        if _kind(path) != "file":
             raise ValueError(f"no such file: {path}")
         mode = path.stat().st_mode
         if mode & SECRET_MODE_MASK:
@@ -104,14 +170,15 @@ class SiteConfig(BaseModel):
                 f"{path} holds secrets but is readable by others "
                 f"(mode {stat.S_IMODE(mode):04o}); run: chmod 600 {path}"
             )
+        _readable(path)
         return path
 
 
 def _check_app_dir(value: Path, info: ValidationInfo) -> Path:
     path = _resolve(value, info)
-    if not path.is_dir():
+    if _kind(path) != "folder":
         raise ValueError(f"no such app directory: {path}")
-    missing = [f for f in ("main.py", "requirements.txt") if not (path / f).is_file()]
+    missing = [f for f in ("main.py", "requirements.txt") if _kind(path / f) != "file"]
     if missing:
         raise ValueError(f"{path} is not a FeatureCloud app directory: no {', '.join(missing)}")
     return path
@@ -129,12 +196,19 @@ def _check_python(value: str | None) -> str | None:
     return value
 
 
-def _check_file(value: Path | None, info: ValidationInfo) -> Path | None:
+def _check_requirements(value: Path | None, info: ValidationInfo) -> Path | None:
+    """pip reads it later, in the middle of building an environment; read it now instead."""
     if value is None:
         return None
     path = _resolve(value, info)
-    if not path.is_file():
+    if _kind(path) != "file":
         raise ValueError(f"no such file: {path}")
+    try:
+        path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not UTF-8 text (byte {exc.start})") from None
     return path
 
 
@@ -144,7 +218,7 @@ class StepConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     app: Path
-    inputs: list[Path] = Field(default_factory=list)
+    inputs: list[InputPath] = Field(default_factory=list)
     """Extra files for every site in this step (a step's config.yml, say); they win over a
     file of the same name in the previous step's output."""
     python: str | None = None
@@ -152,20 +226,7 @@ class StepConfig(BaseModel):
 
     _app = field_validator("app", mode="after")(_check_app_dir)
     _python = field_validator("python", mode="after")(_check_python)
-    _requirements = field_validator("requirements", mode="after")(_check_file)
-
-    @field_validator("inputs", mode="after")
-    @classmethod
-    def _inputs_exist(cls, value: list[Path], info: ValidationInfo) -> list[Path]:
-        return _existing_paths(value, info)
-
-
-def _existing_paths(value: list[Path], info: ValidationInfo) -> list[Path]:
-    resolved = [_resolve(p, info) for p in value]
-    missing = [str(p) for p in resolved if not p.exists()]
-    if missing:
-        raise ValueError(f"no such file or directory: {', '.join(missing)}")
-    return resolved
+    _requirements = field_validator("requirements", mode="after")(_check_requirements)
 
 
 class CompareConfig(BaseModel):
@@ -173,8 +234,9 @@ class CompareConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    tolerances: dict[str, float] = Field(default_factory=dict)
-    """Measure name -> tolerance, replacing the app's default (see comparison.json names)."""
+    tolerances: dict[str, Number] = Field(default_factory=dict)
+    """Measure name -> tolerance, replacing the app's default; the names are checked against
+    the (last) app's measures (``fedsim.compare.measures.tolerance_names``)."""
 
 
 class RunConfig(BaseModel):
@@ -188,15 +250,15 @@ class RunConfig(BaseModel):
     requirements: Path | None = None
     """A requirements file that replaces the app's own (for apps pinned to another era)."""
     steps: list[StepConfig] = Field(default_factory=list)
-    name: str | None = None
+    name: Annotated[str, Field(pattern=SITE_NAME_PATTERN)] | None = None
     output_dir: Path = Field(default_factory=lambda: Path.cwd() / "runs")
     """Default: ``runs/`` where fedsim is started, where ``fedsim status`` looks too."""
-    timeout: Annotated[float, Field(gt=0)] = 3600.0
-    seed: int | None = None
-    shorten_waits: bool = False
-    poll_interval: Annotated[float, Field(gt=0, le=5)] = 0.02
+    timeout: Annotated[Number, Field(gt=0)] = 3600.0
+    seed: Annotated[int, Strict()] | None = None
+    shorten_waits: Flag = False
+    poll_interval: Annotated[Number, Field(gt=0, le=5)] = 0.02
     compare: CompareConfig = Field(default_factory=CompareConfig)
-    capture_payloads: bool = False
+    capture_payloads: Flag = False
     """Keep every payload that passes the relay under messages/ in the run directory."""
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     sites: Annotated[list[SiteConfig], Field(min_length=1)]
@@ -207,30 +269,45 @@ class RunConfig(BaseModel):
         return None if value is None else _check_app_dir(value, info)
 
     _python = field_validator("python", mode="after")(_check_python)
-    _requirements = field_validator("requirements", mode="after")(_check_file)
+    _requirements = field_validator("requirements", mode="after")(_check_requirements)
 
     @field_validator("output_dir", mode="after")
     @classmethod
     def _output_dir_resolved(cls, value: Path, info: ValidationInfo) -> Path:
         return _resolve(value, info)
 
-    @model_validator(mode="after")
-    def _app_or_steps(self) -> RunConfig:
-        if (self.app is None) == (not self.steps):
-            raise ValueError("give either app (one app) or [[steps]] (a workflow), not both")
-        return self
-
-    @model_validator(mode="after")
-    def _roles_and_names(self) -> RunConfig:
-        names = [s.name for s in self.sites]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"site names must be unique; repeated: {', '.join(duplicates)}")
-        coordinators = [s.name for s in self.sites if s.coordinator]
-        if len(coordinators) != 1:
-            found = ", ".join(coordinators) if coordinators else "none"
-            raise ValueError(f"exactly one site needs coordinator = true; found: {found}")
-        return self
+    @model_validator(mode="wrap")
+    @classmethod
+    def _every_fault_at_once(
+        cls, data: Any, handler: ModelWrapValidatorHandler[RunConfig], info: ValidationInfo
+    ) -> RunConfig:
+        """Checks that span fields run on the raw data, beside the field checks, because
+        pydantic skips after-validators of the model once one field fails: one typo would
+        hide, say, a second coordinator until the next try."""
+        faults = list(_cross_field_faults(data, info)) if isinstance(data, dict) else []
+        details = [
+            InitErrorDetails(type=PydanticCustomError("value_error", message), loc=loc, input=None)
+            for loc, message in faults
+        ]
+        try:
+            config = handler(data)
+        except ValidationError as exc:
+            if not details:
+                raise
+            field_details = [
+                InitErrorDetails(
+                    type=PydanticCustomError(err["type"], err["msg"]),
+                    loc=err["loc"],
+                    input=err["input"],
+                )
+                for err in exc.errors(include_url=False)
+            ]
+            raise ValidationError.from_exception_data(
+                exc.title, [*field_details, *details]
+            ) from None
+        if details:
+            raise ValidationError.from_exception_data(cls.__name__, details)
+        return config
 
     @property
     def coordinator(self) -> SiteConfig:
@@ -264,30 +341,189 @@ class RunConfig(BaseModel):
         return self.model_dump(mode="json", exclude_none=True)
 
 
+Loc = tuple[int | str, ...]
+
+
+def _tables(value: Any) -> list[tuple[int, dict[str, Any]]]:
+    """The tables of an array of tables, with their index; anything else is a field error."""
+    return (
+        [(i, v) for i, v in enumerate(value) if isinstance(v, dict)]
+        if isinstance(value, list)
+        else []
+    )
+
+
+def _path_of(value: Any, info: ValidationInfo) -> Path | None:
+    """A raw path value resolved, or None if it is not a usable path (a field error then)."""
+    if not isinstance(value, str | os.PathLike):
+        return None
+    try:
+        return _resolve(Path(value), info)
+    except ValueError:
+        return None
+
+
+def _cross_field_faults(raw: dict[str, Any], info: ValidationInfo) -> Iterator[tuple[Loc, str]]:
+    """Faults that involve more than one field, found on the raw data. Each check looks only
+    at values of the right type; a value of the wrong type is already a field error."""
+    steps = _tables(raw.get("steps"))
+    has_app, has_steps = raw.get("app") is not None, bool(raw.get("steps"))
+    if has_app and has_steps:
+        yield ("app",), "give either app (one app) or [[steps]] (a workflow), not both"
+    elif not has_app and not has_steps:
+        yield ("app",), "missing: give app (one app) or [[steps]] (a workflow)"
+
+    sites = _tables(raw.get("sites"))
+    names = [site["name"] for _, site in sites if isinstance(site.get("name"), str)]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        yield ("sites",), f"site names must be unique; repeated: {', '.join(duplicates)}"
+    flags = [site.get("coordinator", False) for _, site in sites]
+    if sites and all(isinstance(flag, bool) for flag in flags):
+        coordinators = [
+            str(site.get("name", f"sites[{i}]")) for i, site in sites if site.get("coordinator")
+        ]
+        if len(coordinators) != 1:
+            found = ", ".join(coordinators) if coordinators else "none"
+            yield ("sites",), f"exactly one site needs coordinator = true; found: {found}"
+
+    yield from _output_dir_faults(raw, steps, sites, info)
+    yield from _tolerance_faults(raw, steps, info)
+
+
+def _output_dir_faults(
+    raw: dict[str, Any],
+    steps: list[tuple[int, dict[str, Any]]],
+    sites: list[tuple[int, dict[str, Any]]],
+    info: ValidationInfo,
+) -> Iterator[tuple[Loc, str]]:
+    """Runs hold every site's output; inside an app folder or an input, every site would be
+    handed the others' outputs (and earlier runs) with its own files."""
+    given = "output_dir" in raw
+    out = _path_of(raw["output_dir"], info) if given else Path.cwd() / "runs"
+    if out is None:
+        return
+    readable: list[tuple[str, Any]] = [("app", raw.get("app"))]
+    for i, step in steps:
+        readable.append((f"steps[{i}].app", step.get("app")))
+        readable += _inputs_of(step, f"steps[{i}]")
+    for i, site in sites:
+        readable += _inputs_of(site, f"sites[{i}]")
+    which = "output_dir" if given else "output_dir (default: runs/ where fedsim is started)"
+    for field, value in readable:
+        path = _path_of(value, info)
+        if path is not None and out.is_relative_to(path):
+            yield (
+                ("output_dir",),
+                f"{which} {out} lies inside {field} ({path}), which sites are given; "
+                "put the runs outside every app and input",
+            )
+
+
+def _inputs_of(table: dict[str, Any], where: str) -> list[tuple[str, Any]]:
+    inputs = table.get("inputs")
+    return (
+        [(f"{where}.inputs[{j}]", p) for j, p in enumerate(inputs)]
+        if isinstance(inputs, list)
+        else []
+    )
+
+
+def _tolerance_faults(
+    raw: dict[str, Any], steps: list[tuple[int, dict[str, Any]]], info: ValidationInfo
+) -> Iterator[tuple[Loc, str]]:
+    """A misspelt measure name would be ignored and the default tolerance used, silently."""
+    compare = raw.get("compare")
+    tolerances = compare.get("tolerances") if isinstance(compare, dict) else None
+    if not isinstance(tolerances, dict) or not tolerances:
+        return
+    app = _path_of(steps[-1][1].get("app") if raw.get("steps") and steps else raw.get("app"), info)
+    if app is None:
+        return
+    from fedsim.compare.measures import unknown_tolerance
+
+    for name in tolerances:
+        fault = unknown_tolerance(app.name, name)
+        if fault:
+            yield ("compare", "tolerances", name), fault
+
+
+BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
 def _field_path(loc: tuple[int | str, ...]) -> str:
+    """``sites[1].inputs[0]``; a key that TOML would quote is quoted, so that a key holding
+    a newline or ``: `` cannot split or fake a line of the report."""
     out = ""
     for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        if isinstance(part, int):
+            out += f"[{part}]"
+            continue
+        key = part if BARE_KEY.fullmatch(part) else json.dumps(part)
+        out += f".{key}" if out else key
     return out or "(top level)"
 
 
+TYPE_ERRORS = {"float_type", "int_type", "bool_type", "string_type", "finite_number"}
+
+
+def _as_toml(value: Any) -> str:
+    """A value as the user wrote it in TOML, short."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def format_validation_error(source: Path, exc: ValidationError) -> str:
+    """One line per fault: ``<file>: <field>: <what is wrong>``."""
     lines = []
-    for err in exc.errors():
+    for err in exc.errors(include_url=False):
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             message = "unknown key (check the spelling; see `fedsim init` for every key)"
+        elif err["type"] == "string_pattern_mismatch" and err["loc"][-1:] == ("name",):
+            message = (
+                f"{_as_toml(err['input'])} should match {SITE_NAME_PATTERN}: letters, digits and "
+                "'-', at most 63, not starting with '-'"
+            )
+        elif err["type"] in TYPE_ERRORS:
+            message = f"{message} (got {_as_toml(err['input'])})"
         lines.append(f"{source}: {_field_path(err['loc'])}: {message}")
     return "\n".join(lines)
 
 
 def load_config(path: str | os.PathLike[str]) -> RunConfig:
-    """Read and check a run config; raise ConfigError naming the file and field on any problem."""
+    """Read and check a run config; raise ConfigError naming the file and field on any problem.
+
+    A config that cannot be read at all gives one line too: a device such as ``/dev/zero``
+    would otherwise be read forever, and a directory or bytes that are not UTF-8 would end
+    in a traceback."""
     source = Path(path)
     try:
-        raw = tomllib.loads(source.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{source}: config file not found") from exc
+        kind = _kind(source)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    if kind is None:
+        raise ConfigError(f"{source}: config file not found")
+    if kind != "file":
+        raise ConfigError(f"{source}: is a {kind}, not a config file")
+    try:
+        text = source.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{source}: not UTF-8 text (byte {exc.start}); TOML files are UTF-8"
+        ) from None
+    try:
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
     try:
@@ -302,9 +538,10 @@ TEMPLATE = """\
 
 # A FeatureCloud app directory (main.py, requirements.txt, states).
 app = "apps/mean"
-# name = "my-study"          # optional label, recorded in the run directory
+# name = "my-study"          # optional label, part of the run id (letters, digits, -)
 # output_dir = "runs"        # where runs/<run-id>/ is written (relative to this file);
-#                            # default: runs/ in the directory fedsim is started from
+#                            # default: runs/ in the directory fedsim is started from;
+#                            # never inside an app or an input
 # timeout = 3600             # seconds; the run is stopped and marked failed after this
 # seed = 42                  # makes randomness in fedsim reproducible
 # python = "3.10"            # the app's Python (a version or a path); default fedsim's

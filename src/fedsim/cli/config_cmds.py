@@ -22,17 +22,26 @@ def init(
     if path.exists() and not force:
         abort(f"{path} exists; use --force to overwrite it", ExitCode.CONFIG)
     path.write_text(TEMPLATE, encoding="utf-8")
-    stdout.print(str(path))
+    stdout.print(str(path), markup=False)
 
 
-def validate(config: Annotated[Path, typer.Argument(help="The run config to check.")]) -> None:
-    """Check a config and every file it names, without starting anything."""
+def validate(
+    config: Annotated[Path, typer.Argument(help="The run config to check.", readable=False)],
+) -> None:
+    """Check a config and every file it names, without starting anything.
+
+    The argument is not checked by Typer (``readable=False``): load_config reports a config
+    it cannot read in the same one-line shape as every other fault."""
     from fedsim.cli.output import stdout
     from fedsim.config import load_config
 
     cfg = load_config(config)
     sites = ", ".join(f"{s.name}{' (coordinator)' if s.coordinator else ''}" for s in cfg.sites)
-    stdout.print(f"{config}: ok: app {cfg.app.name}, {len(cfg.sites)} sites: {sites}")
+    if cfg.app is not None:
+        what = f"app {cfg.app.name}"
+    else:  # a workflow: its steps in order
+        what = f"workflow {' -> '.join(step.app.name for step in cfg.steps)}"
+    stdout.print(f"{config}: ok: {what}, {len(cfg.sites)} sites: {sites}", markup=False)
 
 
 COMMANDS = {"init": init, "validate": validate}

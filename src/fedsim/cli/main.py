@@ -33,10 +33,16 @@ def handles_errors(func: F) -> F:
             if debug_tracebacks():
                 raise
             if exc.run_dir:
+                from rich.markup import escape
+
                 from fedsim.cli.output import stderr
 
-                stderr.print(f"[bold red]run failed:[/] {exc}", markup=True, highlight=False)
-                stdout.print(exc.run_dir)  # the run directory stays the last line of stdout
+                stderr.print(
+                    f"[bold red]run failed:[/] {escape(str(exc))}", markup=True, highlight=False
+                )
+                stdout.print(
+                    exc.run_dir, markup=False
+                )  # the run directory stays the last line of stdout
                 raise typer.Exit(int(exc.exit_code)) from None
             abort(str(exc), int(exc.exit_code))
 

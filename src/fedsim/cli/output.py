@@ -7,13 +7,16 @@ from typing import NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 stdout = Console(highlight=False, soft_wrap=True)
 
 
 def abort(message: str, code: int) -> NoReturn:
-    stderr.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    """The message is escaped: it quotes the user's keys and paths, and ``[/]`` or ``[bold]``
+    in them is text, not Rich markup (a stray closing tag would crash the error report)."""
+    stderr.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False)
     raise typer.Exit(code)
 
 

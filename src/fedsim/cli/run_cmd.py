@@ -31,7 +31,7 @@ def _compare(config_path: Path, federated_run: Path | None) -> Path:
 
 
 def run(
-    config: Annotated[Path, typer.Argument(help="The run config (fedsim.toml).")],
+    config: Annotated[Path, typer.Argument(help="The run config (fedsim.toml).", readable=False)],
     compare: Annotated[
         bool, typer.Option("--compare", help="Also run centralised and compare.")
     ] = False,
@@ -51,7 +51,7 @@ def run(
 
 
 def compare(
-    config: Annotated[Path, typer.Argument(help="The run config (fedsim.toml).")],
+    config: Annotated[Path, typer.Argument(help="The run config (fedsim.toml).", readable=False)],
     federated: Annotated[
         Path | None,
         typer.Option(help="Compare this finished federated run instead of running one."),

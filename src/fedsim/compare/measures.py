@@ -16,6 +16,51 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+TOLERANCES: dict[str, dict[str, float]] = {
+    "pca": {
+        "max_principal_angle": 1e-6,
+        "min_projection_correlation": 1 - 1e-6,
+        "max_eigenvalue_rel_diff": 1e-8,
+    },
+    "linear-regression": {"max_abs_coefficient_diff": 1e-8, "r2_diff": 1e-8},
+    "logistic-regression": {"max_abs_coefficient_diff": 1e-5, "accuracy_diff": 1e-9},
+    "random-forest": {},
+    "mean": {"max_rel_mean_diff": 1e-12},
+}
+"""App -> its judged measures and their default tolerances: the one list of the names that
+``[compare.tolerances]`` may set, so that a misspelt name is refused by ``fedsim validate``
+instead of being silently ignored. Measures that are only reported take no tolerance."""
+
+GENERIC_PREFIX = "max_abs_diff:"
+GENERIC_TOLERANCE = 1e-8
+"""An app fedsim does not know is judged per CSV output, as ``max_abs_diff:<file>.csv``."""
+
+
+def tolerance_names(app: str) -> list[str]:
+    """The measures of ``app`` (its directory name) that ``[compare.tolerances]`` may set."""
+    return list(TOLERANCES[app]) if app in TOLERANCES else [f"{GENERIC_PREFIX}<file>.csv"]
+
+
+def unknown_tolerance(app: str, name: str) -> str | None:
+    """Why ``name`` cannot be a tolerance of ``app`` (its directory name), or None if it can."""
+    if app not in TOLERANCES:
+        if name.startswith(GENERIC_PREFIX) and name.endswith(".csv"):
+            return None
+        return (
+            f"no such measure: app {app!r} is not one fedsim knows, so its measures are "
+            f"{GENERIC_PREFIX}<file>.csv, one per CSV output"
+        )
+    names = tolerance_names(app)
+    if name in names:
+        return None
+    if not names:
+        return f"no such measure: app {app!r} has only reported measures, none takes a tolerance"
+    return f"no such measure for app {app!r}; its measures are: {', '.join(names)}"
+
+
+def _tolerance(tol: dict[str, float], app: str, name: str) -> float:
+    return tol.get(name, TOLERANCES[app][name])
+
 
 @dataclass(frozen=True)
 class Measure:
@@ -86,17 +131,17 @@ def pca(outputs: Outputs, tol: dict[str, float]) -> list[Measure]:
     fed_ev = pd.read_csv(outputs.coordinator / "eigenvalues.csv")["eigenvalue"].to_numpy()
     central_ev = pd.read_csv(outputs.central / "eigenvalues.csv")["eigenvalue"].to_numpy()
     return [
-        judged("max_principal_angle", angle, tol.get("max_principal_angle", 1e-6)),
+        judged("max_principal_angle", angle, _tolerance(tol, "pca", "max_principal_angle")),
         judged(
             "min_projection_correlation",
             float(min(correlations)),
-            tol.get("min_projection_correlation", 1 - 1e-6),
+            _tolerance(tol, "pca", "min_projection_correlation"),
             higher_is_better=True,
         ),
         judged(
             "max_eigenvalue_rel_diff",
             float(np.max(np.abs(fed_ev - central_ev) / np.abs(central_ev))),
-            tol.get("max_eigenvalue_rel_diff", 1e-8),
+            _tolerance(tol, "pca", "max_eigenvalue_rel_diff"),
         ),
     ]
 
@@ -108,9 +153,9 @@ def linear_regression(outputs: Outputs, tol: dict[str, float]) -> list[Measure]:
         judged(
             "max_abs_coefficient_diff",
             float(np.max(np.abs(fed - central))),
-            tol.get("max_abs_coefficient_diff", 1e-8),
+            _tolerance(tol, "linear-regression", "max_abs_coefficient_diff"),
         ),
-        judged("r2_diff", r2, tol.get("r2_diff", 1e-8)),
+        judged("r2_diff", r2, _tolerance(tol, "linear-regression", "r2_diff")),
     ]
 
 
@@ -125,9 +170,13 @@ def logistic_regression(outputs: Outputs, tol: dict[str, float]) -> list[Measure
         judged(
             "max_abs_coefficient_diff",
             float(np.max(np.abs(fed - central))),
-            tol.get("max_abs_coefficient_diff", 1e-5),
+            _tolerance(tol, "logistic-regression", "max_abs_coefficient_diff"),
         ),
-        judged("accuracy_diff", abs(fed_acc - central_acc), tol.get("accuracy_diff", 1e-9)),
+        judged(
+            "accuracy_diff",
+            abs(fed_acc - central_acc),
+            _tolerance(tol, "logistic-regression", "accuracy_diff"),
+        ),
         reported("federated_accuracy", fed_acc),
     ]
 
@@ -158,7 +207,7 @@ def mean(outputs: Outputs, tol: dict[str, float]) -> list[Measure]:
     fed = pd.read_csv(outputs.coordinator / "means.csv").set_index("column")["mean"]
     central = pd.read_csv(outputs.central / "means.csv").set_index("column")["mean"]
     diff = float(np.max(np.abs(fed - central.loc[fed.index]) / np.maximum(np.abs(central), 1e-300)))
-    return [judged("max_rel_mean_diff", diff, tol.get("max_rel_mean_diff", 1e-12))]
+    return [judged("max_rel_mean_diff", diff, _tolerance(tol, "mean", "max_rel_mean_diff"))]
 
 
 def generic(outputs: Outputs, tol: dict[str, float]) -> list[Measure]:
@@ -172,8 +221,8 @@ def generic(outputs: Outputs, tol: dict[str, float]) -> list[Measure]:
         if a.shape != b.shape or a.empty:
             continue
         diff = float(np.max(np.abs(a.to_numpy() - b.to_numpy())))
-        name = f"max_abs_diff:{path.name}"
-        measures.append(judged(name, diff, tol.get(name, 1e-8)))
+        name = f"{GENERIC_PREFIX}{path.name}"
+        measures.append(judged(name, diff, tol.get(name, GENERIC_TOLERANCE)))
     return measures
 
 
