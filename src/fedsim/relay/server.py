@@ -20,7 +20,8 @@ from fedsim.relay.app import create_app
 from fedsim.relay.connections import guarded_h11
 from fedsim.relay.state import RelayState
 
-UVICORN_LOGGERS = ("uvicorn.error", "uvicorn.access")
+UVICORN_LOGGERS = ("uvicorn.error",)
+"""Not uvicorn.access: a handler there would switch on a line per request."""
 REPEAT_WINDOW = 5.0
 
 log = get_logger("relay")
@@ -66,16 +67,18 @@ class RelayServer:
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="relay", daemon=True)
         self._log_handler = _ToRelayLog()
+        self._propagated: dict[str, bool] = {}
 
     def _capture_server_logs(self, on: bool) -> None:
         for name in UVICORN_LOGGERS:
             logger = logging.getLogger(name)
             if on:
+                self._propagated[name] = logger.propagate
                 logger.addHandler(self._log_handler)
                 logger.propagate = False
             else:
                 logger.removeHandler(self._log_handler)
-                logger.propagate = not logger.handlers
+                logger.propagate = self._propagated.pop(name, True)
 
     def start(self, timeout: float = 10.0) -> None:
         self._capture_server_logs(True)
