@@ -21,10 +21,7 @@ from fedsim.agent.protocol import AppStatus
 from fedsim.agent.randomness import numpy_rng, python_rng
 from fedsim.logs import get_logger
 from fedsim.relay.client import Incoming, RelayClient
-from fedsim.relay.state import APP_KIND
-
-SHARE_KIND = "smpc-share"
-PARTIAL_KIND = "smpc-partial"
+from fedsim.relay.kinds import APP_KIND, PARTIAL_KIND, SHARE_KIND
 
 log = get_logger("agent")
 

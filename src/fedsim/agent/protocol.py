@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
+
+from fedsim.relay.limits import MAX_STATE_CHARS, MAX_STATUS_MESSAGE_CHARS
+
+
+def _short_text(value: object, limit: int) -> str | None:
+    return None if value is None else str(value)[:limit]
 
 
 @dataclass(frozen=True)
@@ -30,11 +37,18 @@ class AppStatus:
         return self.finished and self.state == "error"
 
     def display(self) -> dict[str, Any]:
-        """What the orchestrator is told about the app: no routing, no payload."""
+        """What the orchestrator is told about the app: no routing, no payload.
+
+        The app's text is cut to the relay's limits here: a long message from the app is its
+        own business, not a reason for the relay to refuse the report and fail the site.
+        """
+        progress = self.progress
+        if progress is not None and not math.isfinite(progress):
+            progress = None
         return {
-            "state": self.state,
-            "message": self.message,
-            "progress": self.progress,
+            "state": _short_text(self.state, MAX_STATE_CHARS),
+            "message": _short_text(self.message, MAX_STATUS_MESSAGE_CHARS),
+            "progress": None if progress is None else min(max(progress, 0.0), 1.0),
             "finished": self.finished,
             "template": self.template,
         }

@@ -8,12 +8,18 @@
 
 Every call but /health needs ``Authorization: Bearer <token>``; the token decides who the
 caller is, and a site may only use its own ``{site}`` path. Payloads are never decoded.
+
+A client's fault is answered with a 4xx and ``{"error": "..."}``, logged as one warning line
+naming the caller, and, when an authenticated site made it, recorded in
+``RelayState.violations``. It never raises into the server, so no traceback reaches the
+console. Error answers close the connection: the body the client may still be sending is
+not read.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+from collections.abc import Awaitable, Callable
 from urllib.parse import quote
 
 from starlette.applications import Starlette
@@ -22,60 +28,91 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from fedsim.logs import get_logger
-from fedsim.relay.routing import UnknownDestination
-from fedsim.relay.state import APP_KIND, RelayState
+from fedsim.relay.body import ClientGone, read_body
+from fedsim.relay.kinds import APP_KIND
+from fedsim.relay.state import RelayState
+from fedsim.relay.validation import (
+    MAX_WAIT,
+    Refused,
+    check_kind,
+    check_memo,
+    check_route,
+    clean_memory,
+    clean_status,
+    parse_json_object,
+    parse_wait,
+    printable,
+)
 
 SENDER_HEADER = "X-Fedsim-Sender"
 KIND_HEADER = "X-Fedsim-Kind"
 MEMO_HEADER = "X-Fedsim-Memo"
-MAX_WAIT = 30.0
+
+__all__ = ["KIND_HEADER", "MAX_WAIT", "MEMO_HEADER", "SENDER_HEADER", "create_app"]
+
+VIOLATION_STATUSES = frozenset({400, 403, 413})
+"""Refusals that say the caller's agent is broken or hostile (not a stall or a lost link)."""
 
 log = get_logger("relay")
 
+Handler = Callable[[Request, str], Awaitable[Response]]
+
 
 def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+    return JSONResponse({"error": message}, status_code=status, headers={"Connection": "close"})
 
 
-def _authorise(request: Request, state: RelayState) -> str | Response:
-    """Return the calling site, or the response that refuses it."""
+def _identify(request: Request, state: RelayState) -> str:
+    """The calling site by its token, or ``Refused`` (401)."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     caller = state.site_for_token(token) if scheme.lower() == "bearer" and token else None
     if caller is None:
-        log.warning("refused a request to %s: missing or wrong token", request.url.path)
-        return _error(401, "missing or wrong token")
-    site = request.path_params["site"]
-    if site != caller:
-        log.warning("refused %s acting as %s", caller, site)
-        return _error(403, f"site {caller} may only act as itself, not as {site}")
+        raise Refused(401, "missing or wrong token")
     return caller
 
 
-def create_app(state: RelayState) -> Starlette:
-    async def send(request: Request) -> Response:
-        caller = _authorise(request, state)
-        if isinstance(caller, Response):
-            return caller
-        payload = await request.body()
-        destination = request.query_params.get("destination") or None
-        memo = request.query_params.get("memo")
-        kind = request.query_params.get("kind") or APP_KIND
+def _guarded(state: RelayState, what: str, handler: Handler) -> Callable[[Request], Awaitable]:
+    """Authorise, run the handler, and turn any client fault into one answer and one line."""
+
+    async def endpoint(request: Request) -> Response:
+        caller: str | None = None
         try:
-            receivers = state.deliver(caller, destination, memo, payload, kind)
-        except UnknownDestination as exc:
-            return _error(400, str(exc))
+            caller = _identify(request, state)
+            site = request.path_params["site"]
+            if site != caller:
+                forged = printable(site)
+                raise Refused(403, f"site {caller} may only act as itself, not as {forged}")
+            return await handler(request, caller)
+        except Refused as exc:
+            who = caller or "an unauthenticated client"
+            log.warning("refused %s from %s: %s", what, who, exc.message)
+            if caller is not None and exc.status in VIOLATION_STATUSES:
+                state.record_violation(caller, f"{what}: {exc.message}")
+            return _error(exc.status, exc.message)
+        except ClientGone:
+            log.warning("%s disconnected while sending %s", caller, what)
+            return Response(status_code=400)  # nobody reads it; the server drops it
+
+    return endpoint
+
+
+def create_app(state: RelayState) -> Starlette:
+    limits = state.limits
+
+    async def send(request: Request, caller: str) -> Response:
+        params = request.query_params
+        kind = check_kind(params.get("kind") or APP_KIND)
+        memo = check_memo(params.get("memo"))
+        destination = params.get("destination") or None
+        receivers = check_route(state.routing, caller, destination, kind)
+        payload = await read_body(request, limits.max_message_bytes, limits.body_idle_timeout)
+        state.deliver(caller, destination, memo, payload, kind)
         log.debug("%s -> %s memo=%s %d bytes", caller, ",".join(receivers), memo, len(payload))
         return JSONResponse({"receivers": receivers}, status_code=202)
 
-    async def receive(request: Request) -> Response:
-        caller = _authorise(request, state)
-        if isinstance(caller, Response):
-            return caller
-        try:
-            wait = min(max(float(request.query_params.get("wait", "0")), 0.0), MAX_WAIT)
-        except ValueError:
-            return _error(400, "wait must be a number of seconds")
+    async def receive(request: Request, caller: str) -> Response:
+        wait = parse_wait(request.query_params.get("wait"))
         mailbox = state.mailbox(caller)
         try:
             message = (
@@ -90,31 +127,27 @@ def create_app(state: RelayState) -> Starlette:
             headers[MEMO_HEADER] = quote(message.memo, safe="")
         return Response(message.payload, media_type="application/octet-stream", headers=headers)
 
-    def put_report(kind: str):  # type: ignore[no-untyped-def]
-        async def handler(request: Request) -> Response:
-            caller = _authorise(request, state)
-            if isinstance(caller, Response):
-                return caller
-            try:
-                report = json.loads(await request.body())
-            except ValueError:
-                return _error(400, f"{kind} must be JSON")
-            if not isinstance(report, dict):
-                return _error(400, f"{kind} must be a JSON object")
-            state.set_report(kind, caller, report)
-            return Response(status_code=204)
+    async def put_status(request: Request, caller: str) -> Response:
+        body = await read_body(request, limits.max_report_bytes, limits.body_idle_timeout)
+        state.set_report("status", caller, clean_status(parse_json_object(body, "status")))
+        return Response(status_code=204)
 
-        return handler
+    async def put_memory(request: Request, caller: str) -> Response:
+        body = await read_body(request, limits.max_report_bytes, limits.body_idle_timeout)
+        state.set_report("memory", caller, clean_memory(parse_json_object(body, "memory")))
+        return Response(status_code=204)
 
     async def health(request: Request) -> Response:
         return JSONResponse({"ok": True})
 
+    site = "/sites/{site}"
+    put_memory_report = _guarded(state, "a memory report", put_memory)
     return Starlette(
         routes=[
-            Route("/sites/{site}/messages", send, methods=["POST"]),
-            Route("/sites/{site}/messages", receive, methods=["GET"]),
-            Route("/sites/{site}/status", put_report("status"), methods=["PUT"]),
-            Route("/sites/{site}/memory", put_report("memory"), methods=["PUT"]),
+            Route(f"{site}/messages", _guarded(state, "a message", send), methods=["POST"]),
+            Route(f"{site}/messages", _guarded(state, "a poll", receive), methods=["GET"]),
+            Route(f"{site}/status", _guarded(state, "a status", put_status), methods=["PUT"]),
+            Route(f"{site}/memory", put_memory_report, methods=["PUT"]),
             Route("/health", health, methods=["GET"]),
         ]
     )

@@ -9,7 +9,30 @@ from urllib.parse import unquote
 import httpx
 
 from fedsim.relay.app import KIND_HEADER, MEMO_HEADER, SENDER_HEADER
-from fedsim.relay.state import APP_KIND
+from fedsim.relay.kinds import APP_KIND
+
+
+class RelayRefused(httpx.HTTPStatusError):
+    """The relay refused a request and said why (``message``): a message over the size limit,
+    a malformed memo or report. An ``httpx.HTTPStatusError``, so whoever fails the site on
+    HTTP errors also fails it on this, with the relay's words."""
+
+    def __init__(self, message: str, response: httpx.Response) -> None:
+        super().__init__(message, request=response.request, response=response)
+        self.message = message
+        self.status_code = response.status_code
+
+
+def _checked(response: httpx.Response) -> httpx.Response:
+    """The response, or ``RelayRefused`` when the relay explained a 4xx in JSON."""
+    if 400 <= response.status_code < 500:
+        try:
+            error = response.json().get("error")
+        except (ValueError, AttributeError):
+            error = None
+        if isinstance(error, str):
+            raise RelayRefused(f"the relay refused it ({response.status_code}): {error}", response)
+    return response.raise_for_status()
 
 
 @dataclass(frozen=True)
@@ -40,12 +63,12 @@ class RelayClient:
             {k: v for k, v in (("destination", destination), ("memo", memo)) if v is not None}
         )
         response = self._client.post(f"/sites/{self.site}/messages", params=params, content=payload)
-        response.raise_for_status()
+        _checked(response)
         return list(response.json()["receivers"])
 
     def receive(self, wait: float) -> Incoming | None:
         response = self._client.get(f"/sites/{self.site}/messages", params={"wait": wait})
-        response.raise_for_status()
+        _checked(response)
         if response.status_code == 204:
             return None
         memo = response.headers.get(MEMO_HEADER)
@@ -57,10 +80,10 @@ class RelayClient:
         )
 
     def report_status(self, status: dict[str, Any]) -> None:
-        self._client.put(f"/sites/{self.site}/status", json=status).raise_for_status()
+        _checked(self._client.put(f"/sites/{self.site}/status", json=status))
 
     def report_memory(self, usage: dict[str, int]) -> None:
-        self._client.put(f"/sites/{self.site}/memory", json=usage).raise_for_status()
+        _checked(self._client.put(f"/sites/{self.site}/memory", json=usage))
 
     def close(self) -> None:
         self._client.close()

@@ -10,10 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedsim.relay.kinds import APP_KIND
+from fedsim.relay.limits import RelayLimits
 from fedsim.relay.routing import Routing
 
-APP_KIND = "app"
-"""An app's own message; the agents' secure-aggregation messages have kinds of their own."""
+__all__ = ["APP_KIND", "Message", "RelayState", "TrafficRecord"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,10 @@ class RelayState:
     """When set, every delivered payload is also written there, for inspection."""
     statuses: dict[str, dict[str, Any]] = field(default_factory=dict)
     memory: dict[str, dict[str, Any]] = field(default_factory=dict)
+    limits: RelayLimits = field(default_factory=RelayLimits)
+    violations: list[tuple[str, str]] = field(default_factory=list)
+    """(site, what it did) for every request of an authenticated site that the relay refused
+    as malformed or forbidden; read it with ``violations_snapshot``."""
     _mailboxes: dict[str, asyncio.Queue[Message]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -89,6 +94,20 @@ class RelayState:
         with self._lock:
             target = self.statuses if kind == "status" else self.memory
             target[site] = {**report, "time": time.time()}
+
+    def record_violation(self, site: str, message: str) -> None:
+        with self._lock:
+            self.violations.append((site, message))
+
+    def violations_snapshot(self) -> list[tuple[str, str]]:
+        """Every refusal so far, oldest first, as (site, message); safe from any thread.
+
+        The orchestrator fails a site that appears here, naming the message: a site whose
+        agent sends malformed reports or forged messages is broken or hostile, and its own
+        agent may not say so.
+        """
+        with self._lock:
+            return list(self.violations)
 
     def snapshot(self) -> tuple[list[TrafficRecord], dict[str, dict[str, Any]]]:
         with self._lock:

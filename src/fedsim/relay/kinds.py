@@ -1,0 +1,14 @@
+"""The kinds of message the relay carries; one place, so the relay and the agents agree."""
+
+from __future__ import annotations
+
+APP_KIND = "app"
+"""An app's own message."""
+SHARE_KIND = "smpc-share"
+"""A secret share of a site's value, sent by its agent to one share holder."""
+PARTIAL_KIND = "smpc-partial"
+"""A share holder's partial sum; only the coordinator adds these up."""
+
+KINDS = frozenset({APP_KIND, SHARE_KIND, PARTIAL_KIND})
+COORDINATOR_ONLY_KINDS = frozenset({PARTIAL_KIND})
+"""Kinds whose only legitimate receiver is the coordinator: anything else is a forgery."""
