@@ -389,6 +389,7 @@ class Run:
                 log.info("site %s finished", rec.name)
                 self.run_dir.write_summary(self.summary())
             self._show_progress(step, shown)
+            self._check_violations(step)
             running = [r for r in step.sites.values() if r.status == "running"]
             if not running:
                 return
@@ -412,6 +413,20 @@ class Run:
                     f"(sites still running: {names})"
                 )
             time.sleep(WATCH_INTERVAL)
+
+    def _check_violations(self, step: StepRecord) -> None:
+        """A site whose agent sent the relay something malformed or forbidden fails, named:
+        a well-behaved agent never does, so it is a fault at that site, not a hiccup."""
+        if step.relay_state is None:
+            return
+        for site, message in step.relay_state.violations_snapshot():
+            rec = step.sites.get(site)
+            if rec is not None and rec.status == "running":
+                rec.status, rec.ended = "failed", time.time()
+                raise SiteFailed(
+                    f"site {site} failed (the relay refused what it sent: {message}); "
+                    f"last lines of its log:\n{rec.tail_text()}"
+                )
 
     def _show_progress(self, step: StepRecord, shown: dict[str, Any]) -> None:
         """Log each site's app state when it changes, so long runs show where they are."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +12,11 @@ from fedsim.relay.limits import MAX_STATE_CHARS, MAX_STATUS_MESSAGE_CHARS
 
 
 def _short_text(value: object, limit: int) -> str | None:
-    return None if value is None else str(value)[:limit]
+    """The app's text as the relay takes it: control characters as spaces, cut to ``limit``."""
+    if value is None:
+        return None
+    text = "".join(" " if unicodedata.category(c) == "Cc" else c for c in str(value)[:limit])
+    return text
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
@@ -35,6 +36,10 @@ def _checked(response: httpx.Response) -> httpx.Response:
     return response.raise_for_status()
 
 
+BUSY_RETRY_SECONDS = 30.0
+"""A relay at its connection limit answers 503: a busy relay is waited for, this long."""
+
+
 @dataclass(frozen=True)
 class Incoming:
     sender: str
@@ -55,6 +60,16 @@ class RelayClient:
             timeout=httpx.Timeout(60.0),
         )
 
+    def _request(self, method: str, url: str, **options: Any) -> httpx.Response:
+        deadline = time.monotonic() + BUSY_RETRY_SECONDS
+        pause = 0.05
+        while True:
+            response = self._client.request(method, url, **options)
+            if response.status_code != 503 or time.monotonic() + pause > deadline:
+                return _checked(response)
+            time.sleep(pause)
+            pause = min(pause * 2, 1.0)
+
     def send(
         self, payload: bytes, destination: str | None, memo: str | None, kind: str = APP_KIND
     ) -> list[str]:
@@ -62,13 +77,12 @@ class RelayClient:
         params.update(
             {k: v for k, v in (("destination", destination), ("memo", memo)) if v is not None}
         )
-        response = self._client.post(f"/sites/{self.site}/messages", params=params, content=payload)
-        _checked(response)
+        url = f"/sites/{self.site}/messages"
+        response = self._request("POST", url, params=params, content=payload)
         return list(response.json()["receivers"])
 
     def receive(self, wait: float) -> Incoming | None:
-        response = self._client.get(f"/sites/{self.site}/messages", params={"wait": wait})
-        _checked(response)
+        response = self._request("GET", f"/sites/{self.site}/messages", params={"wait": wait})
         if response.status_code == 204:
             return None
         memo = response.headers.get(MEMO_HEADER)
@@ -80,10 +94,10 @@ class RelayClient:
         )
 
     def report_status(self, status: dict[str, Any]) -> None:
-        _checked(self._client.put(f"/sites/{self.site}/status", json=status))
+        self._request("PUT", f"/sites/{self.site}/status", json=status)
 
     def report_memory(self, usage: dict[str, int]) -> None:
-        _checked(self._client.put(f"/sites/{self.site}/memory", json=usage))
+        self._request("PUT", f"/sites/{self.site}/memory", json=usage)
 
     def close(self) -> None:
         self._client.close()
