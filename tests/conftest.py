@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -73,17 +74,33 @@ def write_run(tmp_path: Path, app: Path, sites: dict[str, dict[str, Any]], **top
         if "env_file" in options:
             entry["env_file"] = options["env_file"]
         entries.append(entry)
+    return write_config(tmp_path, app, entries, **top)
+
+
+def write_config(tmp_path: Path, app: Path, sites: list[dict[str, Any]], **top: Any) -> Path:
+    """tmp_path/fedsim.toml for ``app`` and these [[sites]]: runs under tmp_path/runs, a
+    timeout of two minutes and the engine's waits shortened, unless ``top`` says otherwise."""
     config = {
         "app": str(app),
         "output_dir": str(tmp_path / "runs"),
         "timeout": 120,
         "shorten_waits": True,
         **top,
-        "sites": entries,
+        "sites": sites,
     }
     path = tmp_path / "fedsim.toml"
     path.write_text(tomli_w.dumps(config))
     return path
+
+
+@pytest.fixture
+def host_listener() -> Iterator[int]:
+    """A TCP port listening on the host's loopback, which no site may reach."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    yield server.getsockname()[1]
+    server.close()
 
 
 def example_frames(example: Path) -> list[pd.DataFrame]:

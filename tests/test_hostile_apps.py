@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -16,10 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import tomli_w
 import yaml
 
-from tests.conftest import ROOT, run_dir_of
+from tests.conftest import ROOT, run_dir_of, write_config
 
 HOSTILE_APP = ROOT / "tests" / "apps" / "hostile"
 HOST_SECRET = "HOST-SECRET-5b1e"
@@ -45,15 +43,6 @@ ESCAPES = [
 ]
 TEST_UID = 2_099_000_123
 """The ordinary user of the user-mode runs: far from any real account."""
-
-
-@pytest.fixture
-def host_listener() -> Iterator[int]:
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen()
-    yield server.getsockname()[1]
-    server.close()
 
 
 def hostile_run(
@@ -83,17 +72,7 @@ def hostile_run(
         cfg.update((per_site or {}).get(i, {}))
         (data / "config.yml").write_text(yaml.safe_dump({"hostile": cfg}))
         entries.append({"name": name, "inputs": [f"data/{name}"], "coordinator": i == 0})
-    config = {
-        "app": str(app),
-        "output_dir": str(tmp_path / "runs"),
-        "timeout": 120,
-        "shorten_waits": True,
-        **(top or {}),
-        "sites": entries,
-    }
-    path = tmp_path / "fedsim.toml"
-    path.write_text(tomli_w.dumps(config))
-    return path
+    return write_config(tmp_path, app, entries, **(top or {}))
 
 
 def site_uids() -> dict[str, set[int]]:

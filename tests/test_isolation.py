@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,15 +50,6 @@ def command(site: Site, argv: list[str]) -> list[str]:
 def run_in(site: Site, code: str) -> subprocess.CompletedProcess[str]:
     argv = [sys.executable, "-c", textwrap.dedent(code)]
     return subprocess.run(command(site, argv), capture_output=True, text=True, timeout=60)
-
-
-@pytest.fixture
-def host_listener() -> Iterator[int]:
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen()
-    yield server.getsockname()[1]
-    server.close()
 
 
 def test_a_site_sees_only_its_own_input(tmp_path: Path) -> None:

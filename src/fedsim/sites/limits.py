@@ -56,13 +56,32 @@ class Limits:
     output: int
 
 
+def _cgroup2_root() -> Path | None:
+    """Where the unified (v2) hierarchy is mounted, if it is."""
+    try:
+        mounts = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return None
+    for line in mounts:
+        parts = line.split()
+        if len(parts) > 2 and parts[2] == "cgroup2":
+            return Path(parts[1])
+    return None
+
+
 class SiteCgroup:
-    """The cgroups one site's app runs in (v1 memory, pids and cpu here); ``None`` parts
-    are hierarchies this machine does not offer to us."""
+    """The cgroups one site's app runs in: a v2 group where the unified hierarchy offers the
+    memory and pids controllers to us, else the v1 memory, pids and cpu hierarchies (this
+    kind of machine: a hybrid whose v2 tree has only hugetlb). Controllers this machine does
+    not give us are left to rlimits (``rlimit_prefix``)."""
 
     def __init__(self, run_id: str, site: str, limits: Limits) -> None:
         self.limits = limits
-        self.dirs: dict[str, Path] = {}
+        self.version = 2
+        self.dirs: dict[str, Path] = self._make_v2(run_id, site)
+        if self.dirs:
+            return
+        self.version = 1
         for controller in ("memory", "pids", "cpu"):
             base = CGROUP_ROOT / controller
             if not (base / "cgroup.procs").is_file():
@@ -75,6 +94,35 @@ class SiteCgroup:
                 log.debug("no %s cgroup for %s: %s", controller, site, exc)
                 continue
             self.dirs[controller] = path
+
+    def _make_v2(self, run_id: str, site: str) -> dict[str, Path]:
+        root = _cgroup2_root()
+        if root is None or not os.access(root, os.W_OK):
+            return {}
+        try:
+            offered = set((root / "cgroup.controllers").read_text().split())
+        except OSError:
+            return {}
+        if not {"memory", "pids"} <= offered:
+            return {}
+        wanted = [c for c in ("memory", "pids", "cpu") if c in offered]
+        path = root / CGROUP_GROUP / run_id / site
+        try:
+            for level in (root, root / CGROUP_GROUP, root / CGROUP_GROUP / run_id):
+                level.mkdir(exist_ok=True)
+                (level / "cgroup.subtree_control").write_text(" ".join(f"+{c}" for c in wanted))
+            path.mkdir(exist_ok=True)
+            (path / "memory.max").write_text(str(self.limits.memory))
+            with contextlib.suppress(OSError):
+                (path / "memory.swap.max").write_text("0")
+            (path / "pids.max").write_text(str(self.limits.processes))
+            if "cpu" in wanted:
+                quota = int(self.limits.cpu * CPU_PERIOD_US)
+                (path / "cpu.max").write_text(f"{quota} {CPU_PERIOD_US}")
+        except OSError as exc:
+            log.debug("no cgroup v2 subtree for %s: %s", site, exc)
+            return {}
+        return dict.fromkeys(wanted, path)
 
     def _configure(self, controller: str, path: Path) -> None:
         if controller == "memory":
@@ -108,8 +156,9 @@ class SiteCgroup:
         path = self.dirs.get("memory")
         if path is None:
             return False
+        events = "memory.events" if self.version == 2 else "memory.oom_control"
         try:
-            control = (path / "memory.oom_control").read_text()
+            control = (path / events).read_text()
         except OSError:
             return False
         fields = dict(line.split() for line in control.splitlines() if len(line.split()) == 2)
@@ -119,13 +168,14 @@ class SiteCgroup:
         path = self.dirs.get("memory")
         if path is None:
             return None
+        peak = "memory.peak" if self.version == 2 else "memory.max_usage_in_bytes"
         try:
-            return int((path / "memory.max_usage_in_bytes").read_text())
+            return int((path / peak).read_text())
         except (OSError, ValueError):
             return None
 
     def remove(self) -> None:
-        for path in self.dirs.values():
+        for path in dict.fromkeys(self.dirs.values()):
             with contextlib.suppress(OSError):
                 path.rmdir()
             for parent in (path.parent, path.parent.parent):

@@ -15,6 +15,7 @@ Who makes what (the shape the other placements keep):
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -177,6 +178,7 @@ class LocalSite:
     def start(self, launch: AgentLaunch, on_line: LineSink) -> None:
         if self._uids is not None and running_as_root():
             self._cgroup = SiteCgroup(self._run_id, self.name, self._limits)
+        _say_how_limits_hold(self._cgroup)
         self._holder = self._start_network()
         try:
             self._app = self._start_app(launch, on_line)
@@ -221,9 +223,15 @@ class LocalSite:
         return self._failure
 
     def memory(self) -> dict[str, int]:
+        """The app's peak: its main process's resident set (as the agent's is measured) and,
+        where a memory cgroup holds the site, the group's peak (page cache included)."""
+        usage = {}
+        if self._peak_app_rss is not None:
+            usage["app_peak_rss_bytes"] = self._peak_app_rss
         peak = self._cgroup.peak_memory() if self._cgroup is not None else None
-        peak = peak or self._peak_app_rss
-        return {} if peak is None else {"app_peak_memory_bytes": peak}
+        if peak is not None:
+            usage["app_peak_memory_bytes"] = peak
+        return usage
 
     def stop(self) -> None:
         """Kill both sandboxes and the network; idempotent; returns when nothing is left."""
@@ -411,8 +419,7 @@ class LocalSite:
         return self._spawn(self._join_network(), spec, argv, on_line, None, fds)
 
     def _sample_app_memory(self) -> None:
-        """Without a memory cgroup, the app's peak is its main process's high-water mark,
-        read while it still runs."""
+        """The app's main process's high-water mark, read while it still runs."""
         if self._app is None or self._app.init_pid is None or self._peak_app_rss is not None:
             return
         with contextlib.suppress(OSError, ValueError):
@@ -426,6 +433,23 @@ class LocalSite:
         if self._cgroup is not None and self._cgroup.oom_killed():
             return f"exceeded its memory limit of {format_size(self._limits.memory)}"
         return None
+
+
+@functools.cache
+def _say_how_limits_hold_once(message: str) -> None:
+    log.info("%s", message)
+
+
+def _say_how_limits_hold(cgroup: SiteCgroup | None) -> None:
+    """Once per kind of enforcement: a user should know when a limit is only an rlimit."""
+    held = sorted(cgroup.dirs) if cgroup is not None else []
+    if {"memory", "pids", "cpu"} <= set(held):
+        return
+    by_rlimit = [n for n, c in (("memory", "memory"), ("processes", "pids")) if c not in held]
+    text = f"site limits: {', '.join(by_rlimit)} held by rlimits" if by_rlimit else ""
+    if "cpu" not in held:
+        text += ("; " if text else "site limits: ") + "cpu not limited (no cpu cgroup here)"
+    _say_how_limits_hold_once(text)
 
 
 def _data_fd(data: bytes) -> int:
