@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -128,3 +129,23 @@ def test_an_environment_that_cannot_be_built_is_reported_and_recorded(tmp_path: 
     assert {s["status"] for s in summary["sites"].values()} == {"pending"}
     status = fedsim("status", str(run_dir))
     assert status.returncode == 0 and "pending" in status.stdout
+
+
+def test_an_app_reporting_error_without_finishing_fails_its_site_within_2_s(
+    tmp_path: Path,
+) -> None:
+    config = write_run(
+        tmp_path, BEHAVE_APP, {"hub": {}, "clinic": {"behave": {"error_state": True}}}
+    )
+    result = fedsim("run", str(config))
+    assert result.returncode == ExitCode.SITE_FAILED, result.stderr
+    assert "site clinic failed" in result.stderr
+    assert "licence check failed" in result.stderr  # the app's message
+    assert "cannot reach the licence server from clinic" in result.stderr  # its log's tail
+    run_dir = run_dir_of(result)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["sites"]["clinic"]["status"] == "failed"
+    reported = float((run_dir / "sites" / "clinic" / "output" / "error_at.txt").read_text())
+    failed = datetime.fromisoformat(summary["sites"]["clinic"]["ended"]).timestamp()
+    print(f"state error to site failed: {failed - reported:.2f} s")
+    assert failed - reported < 2

@@ -193,7 +193,11 @@ class Agent:
                 last_reported = status.display()
                 self._relay_out.report_status(last_reported)
             if status.failed:
-                log.error("the app reported an error: %s (its traceback is above)", status.message)
+                log.error(
+                    "the app reported state error%s: %s (its log is above)",
+                    "" if status.finished else " without finishing",
+                    status.message,
+                )
                 return 1
             if status.finished:
                 log.info("the app finished")
@@ -241,7 +245,17 @@ class Agent:
         finally:
             self._stop.set()
             self._stop_app()
+            self._drain_app_output()
             self._report_memory()
+
+    @staticmethod
+    def _drain_app_output(timeout: float = 2.0) -> None:
+        """Let the app's last lines (the error it printed just before it reported the error
+        state, say) reach the site's log before the agent exits: once the app is stopped its
+        output ends, and the thread that forwards it finishes."""
+        for thread in threading.enumerate():
+            if thread.name == "app-output":
+                thread.join(timeout)
 
     def _report_memory(self) -> None:
         """Peak resident memory of the app (a waited-for child) and of the agent itself."""
