@@ -397,7 +397,8 @@ class Run:
                         rec.site.stop()
                         rec.status, rec.ended = "stopped", time.time()
                     return
-            self._check_stall(step, now, last_exit)
+            else:  # once the coordinator is done, the participants' grace governs instead
+                self._check_stall(step, now, last_exit)
             if now > deadline:
                 names = ", ".join(r.name for r in running)
                 raise RunTimeout(
@@ -411,7 +412,7 @@ class Run:
         state, no message moved, no site ended. Counted from when every running site's app
         has reported a first state: starting an app has its own timeout in the agent."""
         assert step.relay_state is not None
-        _, statuses = step.relay_state.snapshot()
+        statuses = step.relay_state.site_statuses()
         running = [r for r in step.sites.values() if r.status == "running"]
         if any(r.name not in statuses for r in running):
             return

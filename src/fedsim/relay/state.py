@@ -111,6 +111,11 @@ class RelayState:
         with self._lock:
             return list(self.traffic), {k: dict(v) for k, v in self.statuses.items()}
 
+    def site_statuses(self) -> dict[str, dict[str, Any]]:
+        """The sites' last reported states, without copying the traffic (polled often)."""
+        with self._lock:
+            return {k: dict(v) for k, v in self.statuses.items()}
+
     def memory_report(self, site: str) -> dict[str, Any]:
         with self._lock:
             return {k: v for k, v in self.memory.get(site, {}).items() if k != "time"}
