@@ -130,3 +130,20 @@ def test_an_unknown_destination_is_a_clear_error(relay) -> None:
         response = http.post("/sites/hub/messages", params={"destination": "nobody"}, content=b"x")
     assert response.status_code == 400
     assert "nobody" in response.json()["error"]
+
+
+def test_the_orchestrator_sees_how_many_messages_wait_for_each_site(
+    relay: tuple[RelayState, Path],
+) -> None:
+    state, socket_path = relay
+    before = state.last_activity()
+    with (
+        RelayClient(str(socket_path), "hub", TOKENS["hub"]) as hub,
+        RelayClient(str(socket_path), "clinic", TOKENS["clinic"]) as clinic,
+    ):
+        hub.send(b"to all", None, "m1")  # a broadcast: one for clinic, one for lab
+        clinic.send(b"to hub", None, "m2")
+        assert state.waiting() == {"clinic": 1, "lab": 1, "hub": 1}
+        assert state.last_activity() >= before
+        assert clinic.receive(wait=1) is not None
+        assert state.waiting() == {"clinic": 0, "lab": 1, "hub": 1}

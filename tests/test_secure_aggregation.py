@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import random
+import statistics
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +14,7 @@ import pytest
 import yaml
 
 from fedsim.agent import dp, smpc
+from fedsim.agent.duties import Duties
 from fedsim.agent.jsonvalues import ShapeError, flatten, unflatten
 from fedsim.errors import ExitCode
 from tests.conftest import ROOT, fedsim, run_dir_of, write_run
@@ -35,14 +39,103 @@ def test_shares_add_up_and_each_share_looks_random() -> None:
 def test_shape_mismatch_and_non_numbers_are_errors() -> None:
     with pytest.raises(ShapeError):
         flatten({"a": "text"})
-    aggregator = smpc.Aggregator()
-    first = json.dumps({"expected": 2, "skeleton": ["float"], "values": [1]}).encode()
-    second = json.dumps({"expected": 2, "skeleton": ["float", "float"], "values": [1, 2]})
-    aggregator.add("share", "m", "a", first)
-    with pytest.raises((ShapeError, ValueError)):
-        aggregator.add("share", "m", "b", second.encode())
+    aggregator = smpc.Aggregator("share", ["a", "b"])
+    first = json.dumps({"exponent": 8, "skeleton": ["float"], "values": [1]}).encode()
+    second = json.dumps({"exponent": 8, "skeleton": ["float", "float"], "values": [1, 2]})
+    aggregator.add("m", "a", first)
+    with pytest.raises(smpc.SmpcError, match="different shapes"):
+        aggregator.add("m", "b", second.encode())
     with pytest.raises(smpc.SmpcError, match="not supported"):
         smpc.check_operation({"operation": "multiply"})
+
+
+def part(values: list[int], exponent: int = 8) -> bytes:
+    return json.dumps(
+        {"exponent": exponent, "skeleton": ["float"] * len(values), "values": values}
+    ).encode()
+
+
+def test_the_coordinator_adds_the_partial_sums_of_the_rounds_share_holders() -> None:
+    partials = smpc.Aggregator("partial sum", ["a", "b", "c"], planned=True)
+    partials.expect("m", ["a", "b"], 8)
+    assert partials.add("m", "b", part([5])) is None
+    assert partials.add("m", "a", part([7])) == (["float"], [12], 8)
+    assert partials.open_rounds() == 0
+
+
+@pytest.mark.parametrize(
+    ("sender", "payload", "why"),
+    [
+        ("c", part([5]), "refused a partial sum from c .*c is not a share holder of this round"),
+        ("a", part([5]), "refused a partial sum from a .*a already sent its partial sum"),
+        ("b", b"not json", "refused a partial sum from b .*not JSON"),
+        ("b", b"[1, 2]", "refused a partial sum from b .*JSON list, not an object"),
+        ("b", part([-1]), "refused a partial sum from b .*not a list of integers modulo"),
+        ("b", part([smpc.MODULUS]), "from b .*not a list of integers modulo"),
+        ("b", part([1], exponent=3), "from b .*exponent 3 is not this round's 8"),
+        ("b", part([1, 2]), "from b .*different shapes"),
+        (
+            "b",
+            json.dumps({"exponent": 8, "skeleton": ["float", "x"], "values": [1, 2]}).encode(),
+            "from b .*shape is malformed",
+        ),
+        (
+            "b",
+            json.dumps({"exponent": 8, "skeleton": ["float"], "values": [1, 2]}).encode(),
+            "from b .*does not hold as many numbers",
+        ),
+    ],
+)
+def test_a_forged_or_malformed_partial_sum_is_refused_naming_its_sender(
+    sender: str, payload: bytes, why: str
+) -> None:
+    partials = smpc.Aggregator("partial sum", ["a", "b", "c"], planned=True)
+    partials.expect("m", ["a", "b"], 8)
+    partials.add("m", "a", part([7]))
+    with pytest.raises(smpc.SmpcError, match=why):
+        partials.add("m", sender, payload)
+
+
+def test_a_partial_sum_for_a_round_the_coordinator_did_not_open_is_refused() -> None:
+    partials = smpc.Aggregator("partial sum", ["a", "b"], planned=True)
+    with pytest.raises(smpc.SmpcError, match=r"from b .*no secure aggregation of this memo"):
+        partials.add("m", "b", part([1]))
+    partials.expect("m", ["a"], 8)
+    assert partials.add("m", "a", part([1])) == (["float"], [1], 8)
+    with pytest.raises(smpc.SmpcError, match=r"from a .*no secure aggregation of this memo"):
+        partials.add("m", "a", part([1]))  # the round is complete: a replay is refused
+
+
+def test_a_memo_reused_across_rounds_keeps_each_rounds_shares_apart() -> None:
+    shares = smpc.Aggregator("share", ["a", "b"])
+    # a is fast: its share of the second round under the same memo arrives before b's first
+    assert shares.add("sum", "a", part([1])) is None
+    assert shares.add("sum", "a", part([10])) is None
+    assert shares.open_rounds() == 2
+    assert shares.add("sum", "b", part([2])) == (["float"], [3], 8)
+    assert shares.add("sum", "b", part([20])) == (["float"], [30], 8)
+    assert shares.open_rounds() == 0
+    with pytest.raises(smpc.SmpcError, match=r"refused a share from x .*x is not a site"):
+        shares.add("sum", "x", part([1]))
+
+
+def test_a_share_holder_owes_each_round_until_its_partial_sum_is_sent() -> None:
+    duties = Duties()
+    assert duties.wait(timeout=0) == {}
+    duties.owe("sum")
+    duties.owe("sum")  # the same memo, reused for a second round
+    duties.owe(None)
+    assert duties.outstanding() == {"sum": 2, None: 1}
+    duties.done("sum")
+    duties.done(None)
+    assert duties.outstanding() == {"sum": 1}
+    finisher = threading.Timer(0.2, duties.done, args=("sum",))
+    finisher.start()
+    started = time.monotonic()
+    while duties.wait(timeout=5):
+        pass
+    assert time.monotonic() - started < 4  # woken by the inbox thread, not by the timeout
+    finisher.join()
 
 
 def test_laplace_noise_has_the_calibrated_scale_and_clipping_holds() -> None:
@@ -164,3 +257,38 @@ def test_dp_off_delivers_values_exactly_and_on_adds_noise(tmp_path: Path) -> Non
         clipped = dp.clip(np.asarray(sent), 10.0, order=1)
         # Laplace noise of scale 10 on each of 500 numbers
         assert np.std(np.asarray(got) - clipped) == pytest.approx(10 * np.sqrt(2), rel=0.15)
+
+
+def run_with_a_straggler(tmp_path: Path) -> float:
+    """Three sites, the last sends its shares 4 s after the others; the run's wall time."""
+    values = [[1.5, -2.0], [0.25, 4.0], [10.0, 0.5]]
+    sites = smpc_sites(values)
+    sites["site-2"] = {
+        "files": {"config.yml": yaml.safe_dump({"smpc": {"value": values[2], "delay": 4}})}
+    }
+    config = write_run(tmp_path, SMPC_APP, sites, timeout=60)
+    started = time.monotonic()
+    result = fedsim("run", str(config))
+    elapsed = time.monotonic() - started
+    assert result.returncode == 0, result.stderr
+    run_dir = run_dir_of(result)
+    got = json.loads((run_dir / "sites" / "site-0" / "output" / "aggregate.json").read_text())
+    assert got == pytest.approx([11.75, 2.5], abs=1e-7)
+    # site-1 finished first and stayed for site-2's share: its partial sum reached the end
+    log = (run_dir / "sites" / "site-1" / "site.log").read_text()
+    assert "staying for the secure aggregation" in log
+    assert elapsed < 15, f"the run took {elapsed:.1f} s"
+    return elapsed
+
+
+def test_a_share_holder_whose_app_finished_still_adds_a_late_share(tmp_path: Path) -> None:
+    run_with_a_straggler(tmp_path)
+
+
+@pytest.mark.slow
+def test_a_late_share_is_added_20_times_out_of_20(tmp_path: Path) -> None:
+    times = [run_with_a_straggler(tmp_path / str(i)) for i in range(20)]
+    print(
+        f"straggler runs: min {min(times):.1f} s, median {statistics.median(times):.1f} s, "
+        f"max {max(times):.1f} s"
+    )

@@ -254,6 +254,8 @@ class RunConfig(BaseModel):
     output_dir: Path = Field(default_factory=lambda: Path.cwd() / "runs")
     """Default: ``runs/`` where fedsim is started, where ``fedsim status`` looks too."""
     timeout: Annotated[Number, Field(gt=0)] = 3600.0
+    stall_timeout: Annotated[Number, Field(gt=0)] = 120.0
+    """Seconds without a state change or a message after which the run is ended as stalled."""
     seed: Annotated[int, Strict()] | None = None
     shorten_waits: Flag = False
     poll_interval: Annotated[Number, Field(gt=0, le=5)] = 0.02
@@ -543,6 +545,7 @@ app = "apps/mean"
 #                            # default: runs/ in the directory fedsim is started from;
 #                            # never inside an app or an input
 # timeout = 3600             # seconds; the run is stopped and marked failed after this
+# stall_timeout = 120        # seconds with no state change and no message: ended as stalled
 # seed = 42                  # makes randomness in fedsim reproducible
 # python = "3.10"            # the app's Python (a version or a path); default fedsim's
 # requirements = "reqs.txt"  # replaces the app's requirements.txt (old pins, say)

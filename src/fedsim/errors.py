@@ -8,7 +8,8 @@
         ├── SiteFailed   a site's app or agent failed
         │   └── OutputTooLarge  its output passed its byte limit
         ├── RunTimeout   the config's timeout ran out
-        ├── Interrupted  the user pressed Ctrl-C
+        ├── RunStalled   nothing happened for the config's stall_timeout
+        ├── Interrupted  Ctrl-C, SIGTERM or SIGHUP ended the run
         └── ComparisonFailed  federated and centralised differ beyond a tolerance
 
 Errors from libraries underneath are translated at the boundary with ``raise ... from``.
@@ -29,7 +30,10 @@ class ExitCode(IntEnum):
     TIMEOUT = 5
     SANDBOX = 6
     COMPARISON = 7
+    STALLED = 8
+    HANGUP = 129
     INTERRUPTED = 130
+    TERMINATED = 143
 
 
 class FedsimError(Exception):
@@ -68,8 +72,23 @@ class RunTimeout(RunFailed):
     exit_code = ExitCode.TIMEOUT
 
 
+class RunStalled(RunFailed):
+    """No site changed state and no message moved for ``stall_timeout``: a deadlock, most
+    often an app waiting for a message nobody will send."""
+
+    exit_code = ExitCode.STALLED
+
+
 class Interrupted(RunFailed):
+    """A signal ended the run; the exit code is the shell's 128 + the signal's number."""
+
     exit_code = ExitCode.INTERRUPTED
+
+    def __init__(
+        self, message: str, run_dir: str | None = None, code: ExitCode = ExitCode.INTERRUPTED
+    ) -> None:
+        super().__init__(message, run_dir)
+        self.exit_code = code
 
 
 class ComparisonFailed(RunFailed):

@@ -4,8 +4,9 @@ config -> run directory -> for each step (one app, or a workflow's apps): app en
 relay, sites (inputs, agents), watch, stop, collect -> traffic.csv, versions.json,
 summary.json.
 
-Whatever happens after the run directory exists (a failing site, a timeout, Ctrl-C), the
-``finally`` paths stop every site and write the record, so nothing is lost or left running.
+Whatever happens after the run directory exists (a failing site, a timeout, a stall, Ctrl-C,
+SIGTERM, SIGHUP), the ``finally`` paths stop every site and write the record, shielded from
+further signals, so nothing is lost or left running.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import secrets
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -25,7 +27,14 @@ from typing import Any
 import fedsim
 from fedsim.appenv import ensure_app_env, env_packages, env_python_version
 from fedsim.config import RunConfig, StepConfig
-from fedsim.errors import FedsimError, Interrupted, RunFailed, RunTimeout, SiteFailed
+from fedsim.errors import (
+    FedsimError,
+    Interrupted,
+    RunFailed,
+    RunStalled,
+    RunTimeout,
+    SiteFailed,
+)
 from fedsim.logs import FIELD_SEPARATOR, get_logger, parse_site_line, run_log_file, site_logger
 from fedsim.pythons import find_python
 from fedsim.relay import RelayServer, RelayState, Routing
@@ -36,6 +45,7 @@ from fedsim.sites.local import LocalSite
 from fedsim.sites.sandbox import bwrap_path, running_as_root
 from fedsim.sites.seccomp import write_filter
 from fedsim.sites.uids import UidBlock
+from fedsim.stopping import Stopper, StopSignal
 
 log = get_logger("run")
 WATCH_INTERVAL = 0.05
@@ -120,6 +130,7 @@ class Run:
         self.error: str | None = None
         self._uids: UidBlock | None = None
         self._seccomp: Path | None = None
+        self._stopper = Stopper()
 
     # --- the record ------------------------------------------------------------------------
 
@@ -224,6 +235,10 @@ class Run:
     # --- the run ---------------------------------------------------------------------------
 
     def execute(self) -> RunResult:
+        with self._stopper.installed():
+            return self._execute()
+
+    def _execute(self) -> RunResult:
         self.run_dir.write_config(self.config.public_dict())
         self.run_dir.write_summary(self.summary())
         with run_log_file(self.run_dir.log_path):
@@ -252,16 +267,27 @@ class Run:
                 for step in self.steps:
                     self._run_step(step, private)
                 self.status = "finished"
-            except KeyboardInterrupt as exc:
-                self._fail(Interrupted("interrupted (Ctrl-C); every site was stopped"), exc)
+            except (KeyboardInterrupt, StopSignal) as exc:
+                self._stopper.shield()
+                stop = exc if isinstance(exc, StopSignal) else StopSignal(signal.SIGINT)
+                where = (
+                    "interrupted (Ctrl-C)"
+                    if stop.signum == signal.SIGINT
+                    else f"ended by {stop.describe()}"
+                )
+                error = Interrupted(f"{where}; every site was stopped", code=stop.exit_code)
+                self._fail(error, exc)
             except RunFailed as exc:
+                self._stopper.shield()
                 self._fail(exc, exc)
             except BaseException as exc:
+                self._stopper.shield()
                 self.status, self.error = "failed", f"{type(exc).__name__}: {exc}"
                 if isinstance(exc, FedsimError):
                     exc.run_dir = str(self.run_dir.path)
                 raise
             finally:
+                self._stopper.shield()  # the record is written whatever arrives now
                 self.ended = time.time()
                 self.run_dir.write_traffic(
                     (s.index, s.relay_state.snapshot()[0]) for s in self.steps if s.relay_state
@@ -290,11 +316,13 @@ class Run:
             self._watch(step)
             step.status = "finished"
         except BaseException:
+            self._stopper.shield()  # from here on the run only stops and records
             step.status = "failed"
             raise
         finally:
-            self._stop_and_collect(step, relay)
-            step.ended = time.time()
+            with self._stopper.deferred():
+                self._stop_and_collect(step, relay)
+                step.ended = time.time()
 
     def _start_relay(self, step: StepRecord, private: Path) -> RelayServer:
         private.mkdir(mode=0o700)
@@ -367,6 +395,7 @@ class Run:
         coordinator = step.sites[self.config.coordinator.name]
         coordinator_done: float | None = None
         shown: dict[str, Any] = {}
+        last_exit = time.time()
         while True:
             now = time.time()
             for rec in step.sites.values():
@@ -386,6 +415,7 @@ class Run:
                         f"last lines of its log:\n{rec.tail_text()}"
                     )
                 rec.status = "finished"
+                last_exit = now
                 log.info("site %s finished", rec.name)
                 self.run_dir.write_summary(self.summary())
             self._show_progress(step, shown)
@@ -406,6 +436,8 @@ class Run:
                         rec.site.stop()
                         rec.status, rec.ended = "stopped", time.time()
                     return
+            else:  # once the coordinator is done, the participants' grace governs instead
+                self._check_stall(step, now, last_exit)
             if now > deadline:
                 names = ", ".join(r.name for r in running)
                 raise RunTimeout(
@@ -427,6 +459,51 @@ class Run:
                     f"site {site} failed (the relay refused what it sent: {message}); "
                     f"last lines of its log:\n{rec.tail_text()}"
                 )
+
+    def _check_stall(self, step: StepRecord, now: float, last_exit: float) -> None:
+        """Raise RunStalled when nothing has happened for ``stall_timeout``: no site changed
+        state, no message moved, no site ended. Counted from when every running site's app
+        has reported a first state: starting an app has its own timeout in the agent."""
+        assert step.relay_state is not None
+        statuses = step.relay_state.site_statuses()
+        running = [r for r in step.sites.values() if r.status == "running"]
+        if any(r.name not in statuses for r in running):
+            return
+        quiet_since = max(step.relay_state.last_activity(), last_exit)
+        if now - quiet_since <= self.config.stall_timeout:
+            return
+        raise RunStalled(self._stall_report(step, now, statuses))
+
+    def _stall_report(
+        self, step: StepRecord, now: float, statuses: dict[str, dict[str, Any]]
+    ) -> str:
+        """Per site: its state and for how long, the messages waiting for it, its last lines."""
+        assert step.relay_state is not None
+        waiting = step.relay_state.waiting()
+        where = f" in step {step.index} ({step.config.app.name})" if step.label else ""
+        lines = [
+            f"stalled{where}: no site changed state and no message moved for "
+            f"{self.config.stall_timeout:g} s"
+        ]
+        for rec in step.sites.values():
+            status = statuses.get(rec.name, {})
+            state = status.get("message") or status.get("state") or "no state reported"
+            since = now - float(status.get("time", rec.started or now))
+            role = " (coordinator)" if rec.coordinator else ""
+            count = waiting.get(rec.name, 0)
+            lines.append(
+                f"  site {rec.name}{role}: {rec.status}, app state {state!r} for {since:.0f} s, "
+                f"{count} message{'' if count == 1 else 's'} waiting for it; last lines:"
+            )
+            lines.append(rec.tail_text() or "    (none)")
+        if len(step.sites) == 1:
+            lines.append(
+                "hint: a coordinator alone (a centralised run) that broadcasts without a memo "
+                "and then awaits data waits for ever: the FeatureCloud engine files its own "
+                "broadcast under the memo None but waits on GATHERROUND<n>. Give "
+                "broadcast_data and await_data an explicit memo."
+            )
+        return "\n".join(lines)
 
     def _show_progress(self, step: StepRecord, shown: dict[str, Any]) -> None:
         """Log each site's app state when it changes, so long runs show where they are."""

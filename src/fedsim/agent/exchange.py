@@ -10,13 +10,13 @@ that the coordinator app receives.
 from __future__ import annotations
 
 import itertools
-import json
 from urllib.parse import quote
 
 import httpx
 
 from fedsim.agent import smpc
 from fedsim.agent.dp import privatise
+from fedsim.agent.duties import Duties
 from fedsim.agent.protocol import AppStatus
 from fedsim.agent.randomness import numpy_rng, python_rng
 from fedsim.logs import get_logger
@@ -39,7 +39,10 @@ class Exchange:
         """``app`` and ``relay`` belong to the inbox thread; ``send`` gets the main thread's."""
         self.site, self.clients, self.coordinator, self.seed = site, clients, coordinator, seed
         self._app, self._relay = app, relay
-        self._aggregator = smpc.Aggregator()
+        self._shares = smpc.Aggregator("share", clients)
+        self._partials = smpc.Aggregator("partial sum", clients, planned=True)
+        self.duties = Duties()
+        """The partial sums this site owes as a share holder: they outlive its app."""
         self._uses = itertools.count()
         self.template = "v2"
 
@@ -55,13 +58,15 @@ class Exchange:
         if status.smpc:
             smpc.check_operation(status.smpc)
             holders = smpc.share_holders(self.clients, int(status.smpc.get("shards", 0)))
-            meta = {
-                "expected": len(self.clients),  # every site sends in an SMPC round
-                "holders": len(holders),
-                "exponent": int(status.smpc.get("exponent", 8)),
-            }
+            exponent = int(status.smpc.get("exponent", 8))
             masks = python_rng(self.seed, self.site, "smpc", memo, use)
-            shares = smpc.split(payload, holders, meta["exponent"], masks, meta)
+            shares = smpc.split(payload, holders, exponent, masks, {"exponent": exponent})
+            # recorded before the first share leaves: this site's own share may come back,
+            # and its partial sum be owed, before this method returns
+            if self.site == self.coordinator:
+                self._partials.expect(status.memo, holders, exponent)
+            if self.site in holders:
+                self.duties.owe(status.memo)
             for holder, share in shares.items():
                 relay.send(share, holder, status.memo, kind=SHARE_KIND)
             log.debug("sent %d secret shares memo=%s", len(shares), status.memo)
@@ -92,21 +97,19 @@ class Exchange:
         log.debug("delivered %d bytes from %s memo=%s", len(payload), sender, memo)
 
     def _add_share(self, message: Incoming) -> None:
-        total = self._aggregator.add("share", message.memo, message.sender, message.payload)
+        total = self._shares.add(message.memo, message.sender, message.payload)
         if total is None:
             return
-        meta = json.loads(message.payload)
-        partial = smpc.partial_payload(
-            *total, {"expected": meta["holders"], "exponent": meta["exponent"]}
-        )
+        skeleton, values, exponent = total
+        partial = smpc.partial_payload(skeleton, values, {"exponent": exponent})
         self._relay.send(partial, self.coordinator, message.memo, kind=PARTIAL_KIND)
-        log.debug("sent the partial sum of %d shares memo=%s", meta["expected"], message.memo)
+        self.duties.done(message.memo)
+        log.debug("sent the partial sum of memo=%s", message.memo)
 
     def _add_partial(self, message: Incoming) -> None:
-        total = self._aggregator.add("partial", message.memo, message.sender, message.payload)
+        total = self._partials.add(message.memo, message.sender, message.payload)
         if total is None:
             return
-        exponent = int(json.loads(message.payload)["exponent"])
-        aggregate = smpc.reveal(*total, exponent)
+        aggregate = smpc.reveal(*total)
         log.info("secure aggregation of memo %s complete", message.memo)
         self._deliver(self.site, message.memo, aggregate)

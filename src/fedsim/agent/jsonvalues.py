@@ -53,6 +53,18 @@ def unflatten(skeleton: Skeleton, numbers: list[float | int]) -> Any:
     return value
 
 
+def count_numbers(skeleton: Skeleton) -> int:
+    """How many numbers a skeleton holds; ShapeError when it is not a skeleton at all
+    (it may come from another site, so it is checked before it shapes a sum)."""
+    if isinstance(skeleton, list):
+        return sum(count_numbers(item) for item in skeleton)
+    if isinstance(skeleton, dict):
+        return sum(count_numbers(item) for item in skeleton.values())
+    if skeleton in ("int", "float"):
+        return 1
+    raise ShapeError(f"{skeleton!r} is not a number's kind")
+
+
 def merge_skeletons(first: Skeleton, second: Skeleton) -> Skeleton:
     """Same shape required; a leaf is an int only where every contribution was an int."""
     if isinstance(first, list) and isinstance(second, list) and len(first) == len(second):

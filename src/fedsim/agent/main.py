@@ -136,7 +136,11 @@ class Agent:
                 last_reported = status.display()
                 self._relay_out.report_status(last_reported)
             if status.failed:
-                log.error("the app reported an error: %s (its traceback is above)", status.message)
+                log.error(
+                    "the app reported state error%s: %s (its log is above)",
+                    "" if status.finished else " without finishing",
+                    status.message,
+                )
                 return 1
             if status.finished:
                 log.info("the app finished")
@@ -146,13 +150,33 @@ class Agent:
                 continue  # more items may be queued; each needs a fresh status first
             time.sleep(self.config.poll_interval)
 
+    def _keep_aggregation_duties(self) -> None:
+        """Stay, after the app finished, until every secure-aggregation round this site holds
+        shares of has had its partial sum sent: a late site's share may still be on its way,
+        and without this site's partial sum the coordinator would wait for ever. The run's
+        own timeout (or stall detection) bounds the wait."""
+        waiting = self._exchange.duties.outstanding()
+        if waiting:
+            log.info(
+                "the app is done; staying for the secure aggregation of memo %s",
+                ", ".join(repr(m) for m in waiting),
+            )
+        while waiting:
+            if self._inbox_error is not None:
+                raise AgentError(f"delivering a message failed: {self._inbox_error}")
+            waiting = self._exchange.duties.wait(timeout=0.5)
+        log.debug("no secure-aggregation duty left")
+
     def run(self) -> int:
         inbox = threading.Thread(target=self._inbox, name="inbox", daemon=True)
         try:
             self._wait_for_api()
             self._setup()
             inbox.start()
-            return self._drive()
+            code = self._drive()
+            if code == 0:
+                self._keep_aggregation_duties()
+            return code
         except (AgentError, httpx.HTTPError, ValueError, KeyError) as exc:
             log.error("%s", exc)
             with contextlib.suppress(httpx.HTTPError):

@@ -38,8 +38,9 @@ class AppStatus:
 
     @property
     def failed(self) -> bool:
-        """``finished`` with ``state: "error"`` is the engine's way of reporting a crash."""
-        return self.finished and self.state == "error"
+        """``state: "error"`` is a failure, with or without ``finished``: the engine sets both
+        when it crashes, and some apps report the error alone and then retry for ever."""
+        return self.state == "error"
 
     def display(self) -> dict[str, Any]:
         """What the orchestrator is told about the app: no routing, no payload.

@@ -14,7 +14,14 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from fedsim.agent.jsonvalues import Skeleton, flatten, merge_skeletons, unflatten
+from fedsim.agent.jsonvalues import (
+    ShapeError,
+    Skeleton,
+    count_numbers,
+    flatten,
+    merge_skeletons,
+    unflatten,
+)
 
 MODULUS = 2**127 - 1
 """A Mersenne prime; fixed-point sums far below half of it decode without wrapping."""
@@ -73,44 +80,115 @@ def split(
     }
 
 
+@dataclass(frozen=True)
+class Part:
+    """One share or partial sum, checked: a malformed one must never reach a sum."""
+
+    skeleton: Skeleton
+    values: list[int]
+    exponent: int
+
+
+def parse_part(payload: bytes) -> Part:
+    """The checked content of a share or partial sum; SmpcError says what is wrong with it."""
+    try:
+        part = json.loads(payload)
+    except ValueError:
+        raise SmpcError("its payload is not JSON") from None
+    if not isinstance(part, dict):
+        raise SmpcError(f"its payload is a JSON {type(part).__name__}, not an object")
+    values, exponent = part.get("values"), part.get("exponent")
+    if not isinstance(values, list) or not all(type(v) is int and 0 <= v < MODULUS for v in values):
+        raise SmpcError(f"its values are not a list of integers modulo {MODULUS}")
+    if type(exponent) is not int or not 0 <= exponent <= 30:
+        raise SmpcError(f"its exponent {exponent!r} is not an integer between 0 and 30")
+    try:
+        if count_numbers(part.get("skeleton")) != len(values):
+            raise SmpcError("its shape does not hold as many numbers as it has values")
+    except ShapeError as exc:
+        raise SmpcError(f"its shape is malformed ({exc})") from None
+    return Part(part["skeleton"], values, exponent)
+
+
 @dataclass
 class _Round:
-    expected: int
+    allowed: frozenset[str]
+    """Who contributes: every site for shares, the round's share holders for partial sums."""
+    exponent: int | None = None
     skeleton: Skeleton = None
     total: list[int] = field(default_factory=list)
     senders: set[str] = field(default_factory=set)
 
-    def add(self, sender: str, payload: bytes) -> bool:
+    def add(self, sender: str, part: Part) -> bool:
         """Add one contribution; True when the last expected one has arrived."""
-        if sender in self.senders:
-            raise SmpcError(f"{sender} sent twice in one secure aggregation")
-        part = json.loads(payload)
-        values = [int(v) for v in part["values"]]
+        if self.exponent is not None and part.exponent != self.exponent:
+            raise SmpcError(f"its exponent {part.exponent} is not this round's {self.exponent}")
         if self.skeleton is None:
-            self.skeleton, self.total = part["skeleton"], values
+            self.skeleton, self.total = part.skeleton, list(part.values)
         else:
-            self.skeleton = merge_skeletons(self.skeleton, part["skeleton"])
-            self.total = [(a + b) % MODULUS for a, b in zip(self.total, values, strict=True)]
+            self.skeleton = merge_skeletons(self.skeleton, part.skeleton)
+            self.total = [(a + b) % MODULUS for a, b in zip(self.total, part.values, strict=True)]
+        self.exponent = part.exponent
         self.senders.add(sender)
-        return len(self.senders) == self.expected
+        return self.senders == self.allowed
 
 
 class Aggregator:
-    """Collects shares (at every holder) or partial sums (at the coordinator), by memo."""
+    """Collects one stage's contributions, by memo: shares at a holder, or partial sums at
+    the coordinator.
 
-    def __init__(self) -> None:
-        self._rounds: dict[tuple[str, str | None], _Round] = {}
+    A memo may be reused round after round (apps that name their rounds ``"sum"``): a
+    sender's next contribution under a memo belongs to the first open round it has not
+    contributed to yet. Each sender's messages arrive in the order it sent them, so rounds
+    fill, and complete, in order.
+
+    With ``planned`` (the coordinator's partial sums) a round must have been announced with
+    ``expect`` (the coordinator's own SMPC send, which names the round's share holders)
+    before anything is added to it; anything else is refused as forged. Without it (shares)
+    a round opens with its first share, and every site contributes once.
+    """
+
+    def __init__(self, stage: str, clients: list[str], planned: bool = False) -> None:
+        self.stage, self.clients, self.planned = stage, frozenset(clients), planned
+        self._rounds: dict[str | None, list[_Round]] = {}
+
+    def expect(self, memo: str | None, holders: list[str], exponent: int) -> None:
+        self._rounds.setdefault(memo, []).append(_Round(frozenset(holders), exponent))
+
+    def open_rounds(self) -> int:
+        return sum(len(rounds) for rounds in self._rounds.values())
 
     def add(
-        self, stage: str, memo: str | None, sender: str, payload: bytes
-    ) -> tuple[Skeleton, list[int]] | None:
-        """The sum once the last contribution arrives; each says how many to expect."""
-        key = (stage, memo)
-        current = self._rounds.setdefault(key, _Round(int(json.loads(payload)["expected"])))
-        if not current.add(sender, payload):
+        self, memo: str | None, sender: str, payload: bytes
+    ) -> tuple[Skeleton, list[int], int] | None:
+        """(shape, sum, exponent) once the round's last contribution arrives, else None.
+
+        Raises SmpcError naming the sender for a contribution that cannot be genuine.
+        """
+        where = f"{self.stage} from {sender} (memo {memo!r})"
+        try:
+            part = parse_part(payload)
+            rounds = self._rounds.setdefault(memo, [])
+            current = next((r for r in rounds if sender not in r.senders), None)
+            if current is None and self.planned:
+                if any(sender in r.allowed for r in rounds):
+                    raise SmpcError(f"{sender} already sent its {self.stage} for this round")
+                raise SmpcError("no secure aggregation of this memo is open here")
+            if current is None:
+                current = _Round(self.clients)
+                rounds.append(current)
+            if sender not in current.allowed:
+                role = "a share holder of" if self.planned else "a site of"
+                raise SmpcError(f"{sender} is not {role} this round")
+            done = current.add(sender, part)
+        except (SmpcError, ShapeError) as exc:
+            raise SmpcError(f"refused a {where}: {exc}") from None
+        if not done:
             return None
-        del self._rounds[key]
-        return current.skeleton, current.total
+        rounds.remove(current)
+        if not rounds:
+            del self._rounds[memo]
+        return current.skeleton, current.total, part.exponent
 
 
 def partial_payload(skeleton: Skeleton, total: list[int], meta: dict[str, Any]) -> bytes:

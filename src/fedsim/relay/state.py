@@ -59,10 +59,25 @@ class RelayState:
                 return site
         return None
 
+    _last_activity: float = field(default_factory=time.time)
+
     def mailbox(self, site: str) -> asyncio.Queue[Message]:
-        if site not in self._mailboxes:
-            self._mailboxes[site] = asyncio.Queue()
-        return self._mailboxes[site]
+        with self._lock:  # created under the lock: waiting() iterates from another thread
+            if site not in self._mailboxes:
+                self._mailboxes[site] = asyncio.Queue()
+            return self._mailboxes[site]
+
+    def waiting(self) -> dict[str, int]:
+        """Site -> messages in its mailbox that its agent has not fetched; for the
+        orchestrator thread: the lock guards the dict of mailboxes, and a queue's size is a
+        single read of its deque's length, which needs no help from the event loop."""
+        with self._lock:
+            return {site: box.qsize() for site, box in self._mailboxes.items()}
+
+    def last_activity(self) -> float:
+        """When a message last moved or a site last reported its state: stall detection."""
+        with self._lock:
+            return self._last_activity
 
     def deliver(
         self,
@@ -77,6 +92,7 @@ class RelayState:
         for receiver in receivers:
             self.mailbox(receiver).put_nowait(Message(sender, memo, payload, kind))
         with self._lock:
+            self._last_activity = now
             for receiver in receivers:
                 if self.capture_dir is not None:
                     self._capture(len(self.traffic) + 1, sender, receiver, kind, payload)
@@ -94,6 +110,7 @@ class RelayState:
         with self._lock:
             target = self.statuses if kind == "status" else self.memory
             target[site] = {**report, "time": time.time()}
+            self._last_activity = target[site]["time"]
 
     def record_violation(self, site: str, message: str) -> None:
         with self._lock:
@@ -112,6 +129,11 @@ class RelayState:
     def snapshot(self) -> tuple[list[TrafficRecord], dict[str, dict[str, Any]]]:
         with self._lock:
             return list(self.traffic), {k: dict(v) for k, v in self.statuses.items()}
+
+    def site_statuses(self) -> dict[str, dict[str, Any]]:
+        """The sites' last reported states, without copying the traffic (polled often)."""
+        with self._lock:
+            return {k: dict(v) for k, v in self.statuses.items()}
 
     def memory_report(self, site: str) -> dict[str, Any]:
         with self._lock:

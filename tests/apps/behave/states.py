@@ -9,6 +9,9 @@ config.yml (all keys optional):
       value: 1.5          # this site's number
       fail: false         # raise in the first state, after writing partial output
       hang: false         # never leave the first state
+      error_state: false  # report state "error" without finished, then retry for ever (as
+                          # published apps do); error_at.txt holds when (epoch seconds)
+      await_memo: null    # after the first state, wait for data with this memo (never sent)
       report_env: PREFIX  # write the names and values of env vars starting with PREFIX
       linger: false       # a participant never reports finished after writing its result
       links: {}           # name -> target: symbolic links to leave in /mnt/output
@@ -21,7 +24,7 @@ import sys
 import time
 
 import yaml
-from FeatureCloud.app.engine.app import AppState, Role, app_state
+from FeatureCloud.app.engine.app import AppState, Role, State, app_state
 
 INPUT_DIR = "/mnt/input"
 OUTPUT_DIR = "/mnt/output"
@@ -60,6 +63,15 @@ class First(AppState):
             raise RuntimeError(f"deliberate failure at {self.id}")
         while config.get("hang"):
             time.sleep(0.5)
+        if config.get("error_state"):
+            print(f"cannot reach the licence server from {self.id}; retrying", flush=True)
+            self.update(message="licence check failed", state=State.ERROR)
+            with open(os.path.join(OUTPUT_DIR, "error_at.txt"), "w") as handle:
+                handle.write(f"{time.time()}\n")
+            while True:
+                time.sleep(0.5)
+        if config.get("await_memo"):
+            self.await_data(n=1, memo=config["await_memo"])
         self.send_data_to_coordinator(float(config.get("value", 1.0)))
         return "sum" if self.is_coordinator else "write"
 

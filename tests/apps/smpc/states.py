@@ -1,8 +1,10 @@
 """Test app: every site sends a JSON value with secure aggregation; the coordinator writes
-the one aggregate it receives. config.yml: ``smpc: {value, exponent, shards, operation}``."""
+the one aggregate it receives. config.yml: ``smpc: {value, exponent, shards, operation,
+delay}``; ``delay`` (seconds) makes the site a straggler that sends its shares that late."""
 
 import json
 import os
+import time
 
 import yaml
 from FeatureCloud.app.engine.app import AppState, Role, SMPCOperation, app_state
@@ -26,6 +28,7 @@ class Send(AppState):
             shards=config.get("shards", 0),
             operation=SMPCOperation(config.get("operation", "add")),
         )
+        time.sleep(float(config.get("delay", 0)))
         self.send_data_to_coordinator(config["value"], use_smpc=True)
         return "aggregate" if self.is_coordinator else "terminal"
 
