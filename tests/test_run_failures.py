@@ -227,7 +227,7 @@ def assert_stopped_and_recorded(run_dir: Path, temp: Path) -> dict:
     assert summary["ended"] is not None
     for site in ("hub", "clinic"):
         assert summary["sites"][site]["status"] == "stopped"
-        assert "started the app" in (run_dir / "sites" / site / "site.log").read_text()
+        assert "set up as" in (run_dir / "sites" / site / "site.log").read_text()
         assert (run_dir / "sites" / site / "results.zip").is_file()
     assert not list(temp.iterdir()), "the run left files in its temporary folder"
     assert not [p for p in sandbox_processes() if str(run_dir.parent.parent) in p]

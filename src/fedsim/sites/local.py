@@ -236,7 +236,8 @@ class LocalSite:
     def stop(self) -> None:
         """Kill both sandboxes and the network; idempotent; returns when nothing is left."""
         self._sample_app_memory()
-        for sandbox in (self._app, self._agent):
+        # the agent first: an agent whose app vanished under it would log a spurious error
+        for sandbox in (self._agent, self._app):
             if sandbox is not None:
                 sandbox.kill()
         if self._holder is not None and self._holder.poll() is None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import fcntl
 import os
 import pwd
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -23,6 +22,8 @@ FIRST_UID = 2_100_000_000
 """Far above the uids of accounts and of the ranges ``/etc/subuid`` usually hands out."""
 BLOCK_SIZE = 4096
 BLOCKS = 4096
+LOCK_DIR = Path("/run/fedsim/uid-blocks")
+"""One place for every run on this machine, whatever its TMPDIR (uids are used as root only)."""
 
 
 @dataclass(frozen=True)
@@ -48,14 +49,13 @@ class UidBlock:
     def __init__(self, sites: int) -> None:
         if 2 * sites > BLOCK_SIZE:
             raise SandboxError(f"at most {BLOCK_SIZE // 2} sites per run when running as root")
-        lock_dir = Path(tempfile.gettempdir()) / "fedsim-uid-blocks"
-        lock_dir.mkdir(mode=0o700, exist_ok=True)
+        LOCK_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
         used = _uids_in_use()
         for block in range(BLOCKS):
             start = FIRST_UID + block * BLOCK_SIZE
             if any(start <= uid < start + BLOCK_SIZE for uid in used):
                 continue
-            handle: IO[str] = open(lock_dir / f"{block}.lock", "w")  # noqa: SIM115 - held
+            handle: IO[str] = open(LOCK_DIR / f"{block}.lock", "w")  # noqa: SIM115 - held
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
