@@ -75,16 +75,28 @@ def hostile_run(
     return write_config(tmp_path, app, entries, **(top or {}))
 
 
-def site_uids() -> dict[str, set[int]]:
-    """uid (as the host sees it) of every app launcher and agent process running now."""
-    out = subprocess.run(["ps", "-ww", "-eo", "uid=,args="], capture_output=True, text=True).stdout
-    found: dict[str, set[int]] = {"app": set(), "agent": set()}
+def site_uids(marker: str) -> dict[str, set[int]]:
+    """uid (as the host sees it) of every app launcher and agent process of this test's run:
+    those below a sandbox whose command line names ``marker`` (other runs may be going on)."""
+    out = subprocess.run(
+        ["ps", "-ww", "-eo", "pid=,ppid=,uid=,args="], capture_output=True, text=True
+    ).stdout
+    procs: dict[int, tuple[int, int, str]] = {}
     for line in out.splitlines():
-        uid, _, args = line.strip().partition(" ")
+        pid, ppid, uid, *args = line.split(None, 3)
+        procs[int(pid)] = (int(ppid), int(uid), args[0] if args else "")
+    ours = {pid for pid, (_, _, args) in procs.items() if "bwrap" in args and marker in args}
+    found: dict[str, set[int]] = {"app": set(), "agent": set()}
+    for pid, (_, uid, args) in procs.items():
+        parent, seen = pid, 0
+        while parent in procs and parent not in ours and seen < 64:
+            parent, seen = procs[parent][0], seen + 1
+        if parent not in ours:
+            continue
         if "fedsim-app/launcher.py" in args and "bwrap" not in args:
-            found["app"].add(int(uid))
+            found["app"].add(uid)
         elif args.startswith(f"{sys.executable} -m fedsim.agent"):
-            found["agent"].add(int(uid))
+            found["agent"].add(uid)
     return found
 
 
@@ -132,18 +144,25 @@ def test_every_escape_is_refused_and_the_run_ends_cleanly(
         pytest.skip("needs root to compare root and ordinary-user runs")
     tmp_path = open_tmp
     config = hostile_run(tmp_path, host_listener, linger=4, attempts=ESCAPES)
+    private = tmp_path / "private"
+    private.mkdir()
     prefix, env = ([], {}) if who == "root" else as_ordinary_user(tmp_path, app_environment)
     process = subprocess.Popen(
         [*prefix, sys.executable, "-m", "fedsim", "run", str(config)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, **env, "FEDSIM_TEST_HOST_TOKEN": "do-not-leak"},
+        env={
+            **os.environ,
+            **env,
+            "FEDSIM_TEST_HOST_TOKEN": "do-not-leak",
+            "TMPDIR": str(private),  # every sandbox of this run names it on its command line
+        },
     )
     seen: dict[str, set[int]] = {"app": set(), "agent": set()}
     deadline = time.monotonic() + 120
     while process.poll() is None and time.monotonic() < deadline:
-        for kind, uids in site_uids().items():
+        for kind, uids in site_uids(str(private)).items():
             seen[kind] |= uids
         time.sleep(0.2)
     stdout, stderr = process.communicate(timeout=60)
