@@ -139,7 +139,7 @@ def sandbox_processes() -> list[str]:
     Zombies are left out: bwrap's outer process exits without reaping the sandbox's pid 1,
     which the machine's init reaps a moment later; a zombie runs nothing and holds nothing.
     """
-    out = subprocess.run(["ps", "-eo", "pid=,stat=,args="], capture_output=True, text=True)
+    out = subprocess.run(["ps", "-ww", "-eo", "pid=,stat=,args="], capture_output=True, text=True)
     return [
         line
         for line in out.stdout.splitlines()
