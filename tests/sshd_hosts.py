@@ -40,7 +40,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PREFIX = "fedsim-test-"
+PREFIX = "fedsim-test-"  # network namespaces: fedsim-test-<pid>-<tag>-hub, -h0, -h1, ...
+FOLDER_PREFIX = "fedsim-sshd-"  # temporary folders (other tests use fedsim-test-XXXX ones)
 NETNS_DIR = Path("/run/netns")
 SSHD = "/usr/sbin/sshd"
 SUBNET = "10.231"  # host N gets 10.231.N.0/30: .1 on the hub's side, .2 on the host's
@@ -177,8 +178,8 @@ def sweep_stale() -> None:
         match = re.fullmatch(rf"{PREFIX}(\d+)-.*", name)
         if match and not _alive(int(match.group(1))):
             _delete_netns(name, time.monotonic() + STOP_TIMEOUT)
-    for folder in Path(tempfile.gettempdir()).glob(f"{PREFIX}*"):
-        match = re.fullmatch(rf"{PREFIX}(\d+)-.*", folder.name)
+    for folder in Path(tempfile.gettempdir()).glob(f"{FOLDER_PREFIX}*"):
+        match = re.fullmatch(rf"{FOLDER_PREFIX}(\d+)-.*", folder.name)
         if match and not _alive(int(match.group(1))):
             shutil.rmtree(folder, ignore_errors=True)
 
@@ -319,7 +320,7 @@ class SshNetwork:
         self.namespaces: list[str] = []
         self.hosts: list[SshHost] = []
         self.closed = False
-        self.root = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{self.tag}-"))
+        self.root = Path(tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{self.tag}-"))
         try:
             self._add_netns(self.hub)
             self.key = self.root / "client_ed25519"

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +19,7 @@ import pytest
 
 from tests.conftest import ROOT
 from tests.sshd_hosts import (
+    FOLDER_PREFIX,
     NETNS_DIR,
     PREFIX,
     SshHost,
@@ -306,13 +309,17 @@ def test_stale_namespaces_of_a_killed_run_are_swept() -> None:
     dead.wait()
     stale = f"{PREFIX}{dead.pid}-000000-hub"
     live = f"{PREFIX}{os.getpid()}-ffffff-hub"
+    stale_folder = Path(tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{dead.pid}-000000-"))
+    live_folder = Path(tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{os.getpid()}-ffffff-"))
     subprocess.run(["ip", "netns", "add", stale], check=True)
     subprocess.run(["ip", "netns", "add", live], check=True)
     try:
         sweep_stale()
         names = os.listdir(NETNS_DIR)
-        assert stale not in names
-        assert live in names
+        assert stale not in names and not stale_folder.exists()
+        assert live in names and live_folder.exists()
     finally:
         for name in (stale, live):
             subprocess.run(["ip", "netns", "delete", name], capture_output=True)
+        for folder in (stale_folder, live_folder):
+            shutil.rmtree(folder, ignore_errors=True)
