@@ -17,6 +17,8 @@ import pandas as pd
 import pytest
 import tomli_w
 
+from tests.sshd_hosts import SshNetwork, ssh_network
+
 ROOT = Path(__file__).resolve().parent.parent
 MEAN_APP = ROOT / "apps" / "mean"
 BEHAVE_APP = ROOT / "tests" / "apps" / "behave"
@@ -157,3 +159,13 @@ def no_leftover_sandboxes(tmp_path: Path) -> Iterator[None]:
 
 def interrupt(process: subprocess.Popen[str]) -> None:
     process.send_signal(signal.SIGINT)
+
+
+@pytest.fixture
+def ssh_hosts() -> Iterator[SshNetwork]:
+    """Real sshd hosts, each in network, mount and PID namespaces of its own: ``a, b =
+    ssh_hosts(2)``. They are reached from the hub namespace (``ssh_hosts.in_hub(argv)``,
+    ``host.ssh(...)``), never from the machine's own network; all of it is gone after the
+    test, and a teardown that leaves anything behind fails the test."""
+    with ssh_network() as network:
+        yield network
