@@ -74,3 +74,15 @@ def test_a_site_over_its_output_limit_fails_naming_the_limit(tmp_path: Path) -> 
     assert "site site-1 failed (wrote more than its output limit of 64 MiB)" in result.stderr
     written = sum(p.stat().st_size for p in (run_dir_of(result) / "sites" / "site-1").rglob("*"))
     assert written < 1024 * 2**20  # stopped long before its 1.5 GiB
+
+
+def test_the_cpu_limit_caps_what_a_site_gets(tmp_path: Path) -> None:
+    """Two busy processes for 2 s would use about 2 s of cpu on this 2-core machine (more
+    when idle); a site limited to half a core gets about 1 s."""
+    config = hostile_run(
+        tmp_path, port=1, sites=1, top={"limits": {"cpu": 0.5}}, attempts=["burn_cpu"]
+    )
+    result = fedsim("run", str(config), timeout=180)
+    assert result.returncode == 0, result.stderr
+    used = float(escapes(run_dir_of(result), "site-0")["burn_cpu"]["detail"].split()[1])
+    assert used < 1.4, f"half a core for 2 s gave {used:.2f} s of cpu"

@@ -280,6 +280,24 @@ def big_output(cfg):
     return False, "wrote 1.5 GiB of output"
 
 
+def burn_cpu(cfg):
+    """Two busy processes for two seconds: the site's cpu limit caps the time they get."""
+    start = os.times()
+    children = []
+    for _ in range(2):
+        pid = os.fork()
+        if pid == 0:
+            end = time.monotonic() + 2
+            while time.monotonic() < end:
+                pass
+            os._exit(0)
+        children.append(pid)
+    for pid in children:
+        os.waitpid(pid, 0)
+    used = os.times().children_user - start.children_user
+    return True, f"used {used:.2f} s of cpu in 2 s"
+
+
 ATTEMPTS = {
     f.__name__: f
     for f in (
@@ -305,6 +323,7 @@ ATTEMPTS = {
         fill_tmp,
         allocate,
         big_output,
+        burn_cpu,
     )
 }
 
