@@ -33,7 +33,7 @@ def site_error(name: str, action: str, exc: BaseException) -> FedsimError:
     """An error of one site as the run reports it: fedsim's own errors keep their kind (and
     exit code), with the site's name in front; anything else is that site failing."""
     if isinstance(exc, FedsimError):
-        if exc.args and isinstance(exc.args[0], str) and name not in exc.args[0]:
+        if exc.args and isinstance(exc.args[0], str) and f"site {name}" not in exc.args[0]:
             exc.args = (f"site {name}: {exc.args[0]}", *exc.args[1:])
         return exc
     error = SiteFailed(f"site {name} failed to {action}: {type(exc).__name__}: {exc}")

@@ -92,6 +92,8 @@ class SandboxProcess:
             self.process.kill()
             self.process.wait()
         self.reader.join(timeout=5)
+        if not self.reader.is_alive() and self.process.stdout is not None:
+            self.process.stdout.close()  # read to its end; a run of many steps keeps no pipe
 
 
 def start_sandbox(
