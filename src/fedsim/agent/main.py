@@ -1,7 +1,7 @@
 """The agent's loop: wait for the app, set it up, move its messages until it finishes.
 
 The app runs in a sandbox of its own, started by the site's placement; the agent reaches it
-only on localhost:5000 (see ``sites/local.py``). Two threads share the work so that neither
+only on localhost:5000 (see ``sites/local_step.py``). Two threads share the work so that neither
 direction waits for the other: the main thread polls ``/api/status`` and forwards what the
 app emits; the inbox thread long-polls the relay and delivers what arrives. Each has its
 own HTTP clients.
