@@ -39,12 +39,10 @@ from fedsim.logs import FIELD_SEPARATOR, get_logger, parse_site_line, run_log_fi
 from fedsim.pythons import find_python
 from fedsim.relay import RelayServer, RelayState, Routing
 from fedsim.rundir import RunDir, directory_digest, iso, new_run_id
-from fedsim.safefiles import Skipped, copy_tree, prune_tree
-from fedsim.sites.base import AgentLaunch, Site
-from fedsim.sites.local import LocalSite
-from fedsim.sites.sandbox import bwrap_path, running_as_root
-from fedsim.sites.seccomp import write_filter
-from fedsim.sites.uids import UidBlock
+from fedsim.safefiles import Skipped, copy_tree
+from fedsim.sites.base import AgentLaunch, AppBundle, Placement, RunningSite, SiteStep
+from fedsim.sites.factory import make_placements
+from fedsim.sites.group import SiteGroup
 from fedsim.stopping import Stopper, StopSignal
 
 log = get_logger("run")
@@ -64,14 +62,27 @@ def console_text(value: object) -> str:
     return text if len(text) <= STATUS_TEXT_LIMIT else text[: STATUS_TEXT_LIMIT - 1] + "…"
 
 
+def agent_launch(config: RunConfig, site: str) -> AgentLaunch:
+    """What the agent of ``site`` is told, the same at every step and wherever it lives."""
+    return AgentLaunch(
+        site=site,
+        clients=tuple(s.name for s in config.sites),
+        coordinator=config.coordinator.name,
+        poll_interval=config.poll_interval,
+        shorten_waits=config.shorten_waits,
+        seed=config.seed,
+    )
+
+
 @dataclass
 class SiteRecord:
-    """One site in one step: its process, its log, its fate."""
+    """One site in one step: its running agent and app, its log, its fate."""
 
     name: str
     coordinator: bool
-    site: Site
+    output_dir: Path
     log_paths: tuple[Path, ...]
+    running: RunningSite | None = None
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=LOG_TAIL_LINES))
     status: str = "pending"
     exit_code: int | None = None
@@ -128,8 +139,7 @@ class Run:
         self.ended: float | None = None
         self.status = "running"
         self.error: str | None = None
-        self._uids: UidBlock | None = None
-        self._seccomp: Path | None = None
+        self._sites: SiteGroup | None = None
         self._stopper = Stopper()
 
     # --- the record ------------------------------------------------------------------------
@@ -166,7 +176,10 @@ class Run:
             "ended": iso(last.ended),
             **counts,
             "app": state.snapshot()[1].get(name, {}) if state else {},
-            "memory": {**(state.memory_report(name) if state else {}), **last.site.memory()},
+            "memory": {
+                **(state.memory_report(name) if state else {}),
+                **(last.running.memory() if last.running is not None else {}),
+            },
             "skipped_outputs": [
                 {"step": s.index, "path": k.path, "reason": k.reason}
                 for s in ran
@@ -252,10 +265,7 @@ class Run:
             )
             private = Path(tempfile.mkdtemp(prefix="fedsim-"))  # sockets, tokens: not recorded
             try:
-                bwrap_path()
-                self._seccomp = write_filter(private / "seccomp.bpf")
-                if running_as_root():
-                    self._uids = UidBlock(len(self.config.sites))
+                self._sites = make_placements(self.config, private, self.run_id)
                 for step in self.steps:  # all environments first: a bad one fails fast
                     python = step.config.python
                     step.env = ensure_app_env(
@@ -264,6 +274,7 @@ class Run:
                         requirements=step.config.requirements,
                     )
                 self._write_versions()
+                self._open_sites(self._sites)
                 for step in self.steps:
                     self._run_step(step, private)
                 self.status = "finished"
@@ -288,14 +299,14 @@ class Run:
                 raise
             finally:
                 self._stopper.shield()  # the record is written whatever arrives now
+                if self._sites is not None:
+                    self._sites.close()
                 self.ended = time.time()
                 self.run_dir.write_traffic(
                     (s.index, s.relay_state.snapshot()[0]) for s in self.steps if s.relay_state
                 )
                 self.run_dir.write_summary(self.summary())
                 shutil.rmtree(private, ignore_errors=True)
-                if self._uids is not None:
-                    self._uids.close()
                 log.info("run %s %s in %.1f s", self.run_id, self.status, self.ended - self.started)
         return RunResult(self.run_dir.path, self.summary())
 
@@ -305,6 +316,22 @@ class Run:
         error.run_dir = str(self.run_dir.path)
         raise error from (None if cause is error else cause)
 
+    def _open_sites(self, sites: SiteGroup) -> None:
+        """Every site once for the whole run, all at once; then each step's app at each."""
+        sites.open()
+        apps = list(dict.fromkeys(self._app_bundle(s) for s in self.steps))
+
+        def prepare(_: str, placement: Placement) -> None:
+            for app in apps:
+                placement.prepare(app)
+
+        sites.each("prepare the app", prepare)
+
+    @staticmethod
+    def _app_bundle(step: StepRecord) -> AppBundle:
+        assert step.env is not None
+        return AppBundle(step.config.app, step.env)
+
     def _run_step(self, step: StepRecord, private: Path) -> None:
         step.status, step.started = "running", time.time()
         if step.label:
@@ -312,7 +339,7 @@ class Run:
         relay: RelayServer | None = None
         try:
             relay = self._start_relay(step, private / f"step-{step.index}")
-            self._start_sites(step, private / f"step-{step.index}", relay.socket_path)
+            self._start_sites(step, relay.socket_path)
             self._watch(step)
             step.status = "finished"
         except BaseException:
@@ -348,46 +375,40 @@ class Run:
         previous = self.steps[step.index - 2]
         return [self.run_dir.step_site_dir(site, previous.label) / "output"], step.config.inputs
 
-    def _start_sites(self, step: StepRecord, private: Path, relay_socket: Path) -> None:
+    def _start_sites(self, step: StepRecord, relay_socket: Path) -> None:
+        """Inputs in place at every site, then every site started, all at once."""
         assert step.relay_state is not None and step.env is not None
-        assert self._seccomp is not None
-        names = [s.name for s in self.config.sites]
-        for index, cfg in enumerate(self.config.sites):
+        assert self._sites is not None
+        tokens = step.relay_state.tokens
+        app = self._app_bundle(step)
+        configs = {cfg.name: cfg for cfg in self.config.sites}
+        for cfg in self.config.sites:
             step_dir = self.run_dir.step_site_dir(cfg.name, step.label)
-            site = LocalSite(
-                cfg.name,
-                step_dir,
-                private / "sites" / cfg.name,
-                relay_socket,
-                limits=self.config.limits_of(cfg),
-                uids=None if self._uids is None else self._uids.site(index),
-                seccomp_filter=self._seccomp,
-                run_id=self.run_id,
-            )
             log_paths = (step_dir / "site.log",)
             if step.label:
                 log_paths += (self.run_dir.site_dir(cfg.name) / "site.log",)
-            step.sites[cfg.name] = SiteRecord(cfg.name, cfg.coordinator, site, log_paths)
-            site.put_inputs(*self._step_inputs(step, cfg.name))
-        for cfg in self.config.sites:
-            rec = step.sites[cfg.name]
-            launch = AgentLaunch(
-                config={
-                    "site": cfg.name,
-                    "clients": names,
-                    "coordinator": self.config.coordinator.name,
-                    "poll_interval": self.config.poll_interval,
-                    "shorten_waits": self.config.shorten_waits,
-                    "seed": self.config.seed,
-                },
-                token=step.relay_state.tokens[cfg.name],
-                env_file=cfg.env_file,
-                app_dir=step.config.app,
-                app_env=step.env,
+            step_dir.mkdir(parents=True, exist_ok=True)
+            rec = SiteRecord(cfg.name, cfg.coordinator, step_dir / "output", log_paths)
+            step.sites[cfg.name] = rec
+
+        def put_inputs(name: str, placement: Placement) -> None:
+            placement.put_inputs(*self._step_inputs(step, name))
+
+        def spawn(name: str, placement: Placement) -> None:
+            rec = step.sites[name]
+            site_step = SiteStep(
+                app=app,
+                relay_socket=relay_socket,
+                output_dir=rec.output_dir,
+                token=tokens[name],
+                env_file=configs[name].env_file,
             )
-            rec.site.start(launch, rec.on_line)
+            rec.running = placement.spawn(agent_launch(self.config, name), site_step, rec.on_line)
             rec.status, rec.started = "running", time.time()
-            log.info("site %s started%s", cfg.name, " (coordinator)" if cfg.coordinator else "")
+            log.info("site %s started%s", name, " (coordinator)" if rec.coordinator else "")
+
+        self._sites.each("take its inputs", put_inputs)
+        self._sites.each("start", spawn)
         self.run_dir.write_summary(self.summary())
 
     def _watch(self, step: StepRecord) -> None:
@@ -401,7 +422,8 @@ class Run:
             for rec in step.sites.values():
                 if rec.status != "running":
                     continue
-                code = rec.site.poll()
+                assert rec.running is not None
+                code = rec.running.poll()
                 if code is None:
                     continue
                 rec.exit_code, rec.ended = code, now
@@ -409,7 +431,7 @@ class Run:
                     rec.status = "failed"
                     time.sleep(0.2)  # let the reader hand over the site's last lines
                     where = f" in step {step.index} ({step.config.app.name})" if step.label else ""
-                    why = rec.site.failure() or f"exit code {code}"
+                    why = rec.running.failure() or f"exit code {code}"
                     raise SiteFailed(
                         f"site {rec.name} failed{where} ({why}); "
                         f"last lines of its log:\n{rec.tail_text()}"
@@ -433,7 +455,8 @@ class Run:
                             rec.name,
                             PARTICIPANT_GRACE,
                         )
-                        rec.site.stop()
+                        assert rec.running is not None
+                        rec.running.stop()
                         rec.status, rec.ended = "stopped", time.time()
                     return
             else:  # once the coordinator is done, the participants' grace governs instead
@@ -525,20 +548,24 @@ class Run:
     def _stop_and_collect(self, step: StepRecord, relay: RelayServer | None) -> None:
         now = time.time()
         for rec in step.sites.values():
-            rec.site.stop()
+            if rec.running is None:
+                continue
+            rec.running.stop()
             if rec.status == "running":
                 rec.status, rec.ended = "stopped", now
-                rec.exit_code = rec.site.poll()
+                rec.exit_code = rec.running.poll()
         if relay is not None:
             relay.stop()
         for name, rec in step.sites.items():
-            rec.site.collect()
-            # the app wrote that folder: keep regular files and folders only, follow no link
-            skipped = prune_tree(rec.site.output_dir)
+            skipped: list[Skipped] = []
+            if rec.running is not None and self._sites is not None:
+                # the app wrote that folder: regular files and folders only, no link followed
+                skipped += self._sites.placements[name].fetch_outputs(rec.output_dir)
+            rec.output_dir.mkdir(parents=True, exist_ok=True)
             if step.label:  # a workflow's result is its last step's output
                 final = self.run_dir.site_dir(name) / "output"
                 shutil.rmtree(final, ignore_errors=True)
-                skipped += copy_tree(rec.site.output_dir, final)
+                skipped += copy_tree(rec.output_dir, final)
             skipped += self.run_dir.zip_output(name)
             rec.skipped_outputs = skipped
             for item in skipped:

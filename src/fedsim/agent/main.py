@@ -1,7 +1,7 @@
 """The agent's loop: wait for the app, set it up, move its messages until it finishes.
 
 The app runs in a sandbox of its own, started by the site's placement; the agent reaches it
-only on localhost:5000 (see ``sites/local.py``). Two threads share the work so that neither
+only on localhost:5000 (see ``sites/local_step.py``). Two threads share the work so that neither
 direction waits for the other: the main thread polls ``/api/status`` and forwards what the
 app emits; the inbox thread long-polls the relay and delivers what arrives. Each has its
 own HTTP clients.
@@ -10,18 +10,17 @@ own HTTP clients.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import resource
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
 from fedsim.agent.exchange import Exchange
+from fedsim.agent.launch import AgentLaunch
 from fedsim.agent.protocol import AppStatus, parse_status, setup_body
 from fedsim.logs import configure_agent_stdout, get_logger
 from fedsim.relay.client import RelayClient
@@ -33,40 +32,18 @@ class AgentError(RuntimeError):
     pass
 
 
-@dataclass(frozen=True)
-class AgentConfig:
-    site: str
-    clients: list[str]
-    coordinator: str
-    relay_socket: str
-    token_file: str
-    poll_interval: float = 0.02
-    shorten_waits: bool = False
-    seed: int | None = None
-    startup_timeout: float = 120.0
-    app_url: str = "http://localhost:5000"
-
-    @classmethod
-    def load(cls, path: str) -> AgentConfig:
-        return cls(**json.loads(Path(path).read_text(encoding="utf-8")))
-
-    @property
-    def is_coordinator(self) -> bool:
-        return self.site == self.coordinator
-
-
 class Agent:
-    def __init__(self, config: AgentConfig) -> None:
+    def __init__(self, config: AgentLaunch, token: str) -> None:
         self.config = config
-        token = Path(config.token_file).read_text(encoding="utf-8").strip()
+        relay = config.relay_socket()
         # one set of clients per thread: the main loop's, and the inbox thread's
-        self._relay_out = RelayClient(config.relay_socket, config.site, token)
-        self._relay_in = RelayClient(config.relay_socket, config.site, token)
-        self._relay_inbox_out = RelayClient(config.relay_socket, config.site, token)
+        self._relay_out = RelayClient(relay, config.site, token)
+        self._relay_in = RelayClient(relay, config.site, token)
+        self._relay_inbox_out = RelayClient(relay, config.site, token)
         self._app_out = httpx.Client(base_url=config.app_url, timeout=30.0)
         self._exchange = Exchange(
             config.site,
-            config.clients,
+            list(config.clients),
             config.coordinator,
             config.seed,
             app=httpx.Client(base_url=config.app_url, timeout=30.0),
@@ -95,7 +72,7 @@ class Agent:
         body = setup_body(
             self.config.site,
             self.config.is_coordinator,
-            self.config.clients,
+            list(self.config.clients),
             self.config.coordinator,
         )
         self._app_out.post("/api/setup", json=body).raise_for_status()
@@ -198,13 +175,17 @@ class Agent:
 
 
 def main(argv: list[str]) -> int:
+    """``python -m fedsim.agent LAUNCH.json TOKEN_FILE``: both are paths inside the site, put
+    there by its placement; the token is kept out of argv and out of the description."""
     configure_agent_stdout()
-    if len(argv) != 1:
-        print("usage: python -m fedsim.agent AGENT_CONFIG.json", file=sys.stderr)
+    if len(argv) != 2:
+        print("usage: python -m fedsim.agent LAUNCH.json TOKEN_FILE", file=sys.stderr)
         return 2
     try:
-        config = AgentConfig.load(argv[0])
+        config = AgentLaunch.from_json(Path(argv[0]).read_text(encoding="utf-8"))
+        config.relay_socket()
+        token = Path(argv[1]).read_text(encoding="utf-8").strip()
     except (OSError, TypeError, ValueError) as exc:
-        logging.getLogger("fedsim.agent").error("cannot read the agent config: %s", exc)
+        logging.getLogger("fedsim.agent").error("cannot read the launch description: %s", exc)
         return 2
-    return Agent(config).run()
+    return Agent(config, token).run()

@@ -4,7 +4,7 @@ A sandbox sees the system read-only, the Python runtime it needs read-only, the 
 spec binds, a private ``/tmp`` and ``/etc`` files written for it (never ``shadow``); nothing
 else of this machine. It gets its own mount, pid, uts and ipc namespaces; its network
 namespace is either its own (loopback only) or the site's, shared with the site's other
-sandbox (see ``sites/local.py``).
+sandbox (see ``sites/local_step.py``).
 
 When fedsim runs as root, bwrap runs as root without a user namespace (so it can bind what
 root can read) and the command inside starts through ``setpriv``, which takes the site's own
