@@ -92,7 +92,7 @@ def test_copy_takes_regular_files_and_folders_only(tmp_path: Path, hostile: Path
     assert set(found) == {"dir-link", "fifo", "file-link", "sub/relative-link"}
     assert found["file-link"].startswith("symbolic link to ")
     assert str(hostile.parent / "host" / "secret.txt") in found["file-link"]
-    assert found["fifo"] == "FIFO"
+    assert found["fifo"] == "named pipe (FIFO)"
 
 
 def test_zip_takes_regular_files_only(tmp_path: Path, hostile: Path) -> None:
@@ -300,7 +300,7 @@ def test_a_run_whose_app_leaves_links_collects_none_of_their_targets(
         "leak.txt": f"symbolic link to {str(host / 'secret.txt')!r}, removed",
         "leak-dir": f"symbolic link to {str(host / 'dir')!r}, removed",
         "other-site.yml": f"symbolic link to {str(other_input)!r}, removed",
-        "pipe": "FIFO, removed",
+        "pipe": "named pipe (FIFO), removed",
     }
     assert {s["step"] for s in skipped["hub"]["skipped_outputs"]} == {1}
     assert skipped["clinic"]["skipped_outputs"] == []

@@ -34,6 +34,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from fedsim.errors import ConfigError
+from fedsim.safefiles import kind_name
 from fedsim.sites.limits import Limits, parse_size
 
 SITE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9-]{0,62}$"
@@ -70,19 +71,7 @@ def _kind(path: Path) -> str | None:
         raise ValueError(
             f"cannot look at {path}: {getattr(exc, 'strerror', None) or exc}"
         ) from None
-    if stat.S_ISREG(mode):
-        return "file"
-    if stat.S_ISDIR(mode):
-        return "folder"
-    if stat.S_ISFIFO(mode):
-        return "named pipe (FIFO)"
-    if stat.S_ISCHR(mode):
-        return "character device"
-    if stat.S_ISBLK(mode):
-        return "block device"
-    if stat.S_ISSOCK(mode):
-        return "socket"
-    return "special file"
+    return kind_name(mode)
 
 
 def _check_input(value: Path, info: ValidationInfo) -> Path:

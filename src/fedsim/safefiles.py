@@ -91,21 +91,24 @@ class _Budget:
         self.used += n
 
 
-def _kind_name(mode: int) -> str:
+def kind_name(mode: int) -> str:
+    """What a file of this ``st_mode`` is, in words a user reads in an error or a log."""
     for test, name in (
+        (stat.S_ISREG, "file"),
+        (stat.S_ISDIR, "folder"),
         (stat.S_ISLNK, "symbolic link"),
-        (stat.S_ISFIFO, "FIFO"),
+        (stat.S_ISFIFO, "named pipe (FIFO)"),
         (stat.S_ISSOCK, "socket"),
         (stat.S_ISCHR, "character device"),
         (stat.S_ISBLK, "block device"),
     ):
         if test(mode):
             return name
-    return f"not a regular file (mode {mode:o})"
+    return f"special file (mode {mode:o})"
 
 
 def _reason(mode: int, name: str, dir_fd: int) -> str:
-    reason = _kind_name(mode)
+    reason = kind_name(mode)
     if stat.S_ISLNK(mode):
         with suppress(OSError):
             target = os.readlink(name, dir_fd=dir_fd)
@@ -188,7 +191,7 @@ def _open_child(
     try:
         st = os.fstat(fd)
         if not expected(st.st_mode):
-            skipped.append(Skipped(str(child), f"changed while read ({_kind_name(st.st_mode)})"))
+            skipped.append(Skipped(str(child), f"changed while read ({kind_name(st.st_mode)})"))
         elif stat.S_ISDIR(st.st_mode):
             yield from _walk_dir(fd, st, child, depth + 1, skipped, prune)
         else:
@@ -319,7 +322,7 @@ def _copy_input_file(source: Path, dest: Path, name: str) -> None:
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise ConfigError(f"input {source} is a {_kind_name(st.st_mode)}, not a file")
+            raise ConfigError(f"input {source} is a {kind_name(st.st_mode)}, not a file")
         dest_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             _copy_file(fd, st, dest_fd, name, _Budget(None, str(source)))
