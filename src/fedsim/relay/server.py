@@ -1,4 +1,8 @@
-"""Serve the relay on a Unix socket from a thread of the orchestrator.
+"""Serve the relay from a thread of the orchestrator: on a Unix socket (local sites, whose
+sandboxes get the socket bound in) and/or on TCP with TLS (remote sites), both listeners one
+app and one state, on one event loop, so a message sent over TCP reaches a site that reads
+over the Unix socket. Each listener has the relay's limits (concurrency, header size, the
+head deadline); the concurrency limit counts per listener.
 
 uvicorn's own records (a malformed request, the concurrency limit) are passed on to the
 relay's logger as single lines, repeats within a few seconds dropped: a flood of bad
@@ -8,12 +12,17 @@ handler that prints straight to stderr.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import socket
+import ssl
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import uvicorn
+from starlette.applications import Starlette
 
 from fedsim.logs import get_logger
 from fedsim.relay.app import create_app
@@ -46,28 +55,87 @@ class _ToRelayLog(logging.Handler):
         log.log(level, "server: %s", text, exc_info=record.exc_info)
 
 
+@dataclass(frozen=True)
+class TlsListen:
+    """Where the relay listens for TLS over TCP; port 0 picks a free port (``RelayServer.port``
+    then tells which). ``cert_file``/``key_file``: from ``fedsim.relay.tls``."""
+
+    host: str
+    port: int
+    cert_file: Path
+    key_file: Path
+
+
 class RelayServer:
-    def __init__(self, state: RelayState, socket_path: Path) -> None:
+    def __init__(
+        self, state: RelayState, socket_path: Path | None = None, tls: TlsListen | None = None
+    ) -> None:
+        if socket_path is None and tls is None:
+            raise ValueError("the relay needs somewhere to listen: a Unix socket, TLS, or both")
         self.state = state
         self.socket_path = socket_path
-        limits = state.limits
-        config = uvicorn.Config(
-            create_app(state),
-            uds=str(socket_path),
+        self.tls = tls
+        self._tcp_socket: socket.socket | None = None
+        self._port: int | None = None
+        self._servers: list[tuple[uvicorn.Server, list[socket.socket] | None]] = []
+        app = create_app(state)
+        if socket_path is not None:
+            self._servers.append((uvicorn.Server(self._config(app, uds=str(socket_path))), None))
+        if tls is not None:
+            config = self._config(app, certificate=(str(tls.cert_file), str(tls.key_file)))
+            config.load()
+            assert config.ssl is not None
+            config.ssl.minimum_version = ssl.TLSVersion.TLSv1_3  # both ends are ours
+            family = socket.AF_INET6 if ":" in tls.host else socket.AF_INET
+            self._tcp_socket = socket.create_server((tls.host, tls.port), family=family)
+            self._port = self._tcp_socket.getsockname()[1]
+            self._servers.append((uvicorn.Server(config), [self._tcp_socket]))
+        self._thread = threading.Thread(target=self._serve, name="relay", daemon=True)
+        self._log_handler = _ToRelayLog()
+        self._propagated: dict[str, bool] = {}
+
+    def _config(
+        self, app: Starlette, uds: str | None = None, certificate: tuple[str, str] | None = None
+    ) -> uvicorn.Config:
+        """One listener's settings: the relay's limits apply to every listener alike."""
+        limits = self.state.limits
+        cert_file, key_file = certificate or (None, None)
+        return uvicorn.Config(
+            app,
+            uds=uds,
+            ssl_certfile=cert_file,
+            ssl_keyfile=key_file,
             http=guarded_h11(limits.head_timeout),
             ws="none",
             log_config=None,
             access_log=False,
             lifespan="off",
             timeout_graceful_shutdown=1,
-            limit_concurrency=limits.connections(len(state.routing.sites)),
+            limit_concurrency=limits.connections(len(self.state.routing.sites)),
             timeout_keep_alive=limits.keep_alive_timeout,
             h11_max_incomplete_event_size=limits.max_header_bytes,
         )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, name="relay", daemon=True)
-        self._log_handler = _ToRelayLog()
-        self._propagated: dict[str, bool] = {}
+
+    def _serve(self) -> None:
+        """All listeners on one loop: the state's waiting (long polls) is that loop's."""
+
+        async def serve_all() -> None:
+            await asyncio.gather(*(server.serve(sockets) for server, sockets in self._servers))
+
+        asyncio.run(serve_all())
+
+    @property
+    def port(self) -> int | None:
+        """The TLS listener's bound port (the one picked when asked for port 0)."""
+        return self._port
+
+    @property
+    def url(self) -> str | None:
+        """``https://HOST:PORT`` of the TLS listener, for an agent's launch description."""
+        if self.tls is None:
+            return None
+        host = f"[{self.tls.host}]" if ":" in self.tls.host else self.tls.host
+        return f"https://{host}:{self.port}"
 
     def _capture_server_logs(self, on: bool) -> None:
         for name in UVICORN_LOGGERS:
@@ -84,15 +152,20 @@ class RelayServer:
         self._capture_server_logs(True)
         self._thread.start()
         deadline = time.monotonic() + timeout
-        while not self._server.started:
+        while not all(server.started for server, _ in self._servers):
             if not self._thread.is_alive() or time.monotonic() > deadline:
-                self._capture_server_logs(False)
-                raise RuntimeError(f"relay did not start on {self.socket_path}")
+                where = " and ".join(str(w) for w in (self.socket_path, self.url) if w)
+                self.stop()
+                raise RuntimeError(f"relay did not start on {where}")
             time.sleep(0.01)
 
     def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=5)
+        for server, _ in self._servers:
+            server.should_exit = True
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+        if self._tcp_socket is not None:
+            self._tcp_socket.close()
         self._capture_server_logs(False)
 
     def __enter__(self) -> RelayServer:
