@@ -5,7 +5,10 @@ remote site would receive it over its connection) and the agent reads it. It nam
 of the orchestrator's machine (app folder, app environment, run directory, relay socket on
 the host): those belong to the placement, which puts things where the agent expects them.
 Secrets are not in it either: the token reaches the agent on its own, through a file only
-the agent's sandbox holds. Standard library only: the agent imports this.
+the agent's sandbox holds. The relay's address is a URL: ``unix:///PATH`` for a site on
+the orchestrator's machine, ``https://HOST:PORT`` for a remote one, with the run's CA
+certificate (public) in ``relay_ca``, the only authority the agent trusts for that
+connection. Standard library only: the agent imports this.
 """
 
 from __future__ import annotations
@@ -20,6 +23,56 @@ DEFAULT_RELAY_URL = "unix:///run/fedsim/relay.sock"
 
 
 @dataclass(frozen=True)
+class RelayAddress:
+    """A parsed relay URL: a Unix socket (``socket_path``) or a TLS endpoint (``host``,
+    ``port``)."""
+
+    socket_path: str | None = None
+    host: str | None = None
+    port: int | None = None
+
+    @property
+    def base_url(self) -> str:
+        """What an HTTP client puts before ``/sites/...``."""
+        if self.socket_path is not None:
+            return "http://relay"
+        host = f"[{self.host}]" if self.host and ":" in self.host else self.host
+        return f"https://{host}:{self.port}"
+
+
+def parse_relay_url(url: str) -> RelayAddress:
+    """``unix:///PATH`` or ``https://HOST:PORT``. Plain ``http://`` is refused: over TCP the
+    token and every message would travel in the clear, and anyone on the path could act as
+    the relay."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        if parts.netloc or not parts.path.startswith("/"):
+            raise ValueError(f"unsupported relay URL {url!r} (want unix:///PATH)")
+        return RelayAddress(socket_path=parts.path)
+    if parts.scheme == "http":
+        raise ValueError(
+            f"refusing the relay URL {url!r}: plain http:// over TCP is not allowed, "
+            "use https://HOST:PORT (TLS, pinned to the run's CA)"
+        )
+    if parts.scheme == "https":
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        if (
+            not parts.hostname
+            or port is None
+            or parts.username is not None
+            or parts.path not in ("", "/")
+            or parts.query
+            or parts.fragment
+        ):
+            raise ValueError(f"unsupported relay URL {url!r} (want https://HOST:PORT)")
+        return RelayAddress(host=parts.hostname, port=port)
+    raise ValueError(f"unsupported relay URL {url!r} (want unix:///PATH or https://HOST:PORT)")
+
+
+@dataclass(frozen=True)
 class AgentLaunch:
     site: str
     clients: tuple[str, ...]
@@ -30,6 +83,8 @@ class AgentLaunch:
     seed: int | None = None
     startup_timeout: float = 120.0
     app_url: str = "http://localhost:5000"
+    relay_ca: str | None = None
+    """PEM of the run's CA, for an ``https://`` relay: public, so it may travel here."""
 
     @property
     def is_coordinator(self) -> bool:
@@ -49,9 +104,16 @@ class AgentLaunch:
         data["clients"] = tuple(data.get("clients", ()))
         return cls(**data)
 
+    def relay_address(self) -> RelayAddress:
+        """The relay's parsed URL; an ``https://`` relay needs ``relay_ca`` (no system store)."""
+        address = parse_relay_url(self.relay_url)
+        if address.socket_path is None and not self.relay_ca:
+            raise ValueError(f"the relay {self.relay_url} needs the run's CA (relay_ca)")
+        return address
+
     def relay_socket(self) -> str:
-        """The Unix socket of a ``unix://`` relay URL (the only kind this agent speaks yet)."""
-        parts = urlsplit(self.relay_url)
-        if parts.scheme != "unix" or parts.netloc or not parts.path.startswith("/"):
+        """The Unix socket of a ``unix://`` relay URL."""
+        address = parse_relay_url(self.relay_url)
+        if address.socket_path is None:
             raise ValueError(f"unsupported relay URL {self.relay_url!r} (want unix:///PATH)")
-        return parts.path
+        return address.socket_path

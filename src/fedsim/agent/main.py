@@ -35,11 +35,12 @@ class AgentError(RuntimeError):
 class Agent:
     def __init__(self, config: AgentLaunch, token: str) -> None:
         self.config = config
-        relay = config.relay_socket()
+        config.relay_address()
+        relay, ca = config.relay_url, config.relay_ca
         # one set of clients per thread: the main loop's, and the inbox thread's
-        self._relay_out = RelayClient(relay, config.site, token)
-        self._relay_in = RelayClient(relay, config.site, token)
-        self._relay_inbox_out = RelayClient(relay, config.site, token)
+        self._relay_out = RelayClient(relay, config.site, token, ca)
+        self._relay_in = RelayClient(relay, config.site, token, ca)
+        self._relay_inbox_out = RelayClient(relay, config.site, token, ca)
         self._app_out = httpx.Client(base_url=config.app_url, timeout=30.0)
         self._exchange = Exchange(
             config.site,
@@ -183,7 +184,7 @@ def main(argv: list[str]) -> int:
         return 2
     try:
         config = AgentLaunch.from_json(Path(argv[0]).read_text(encoding="utf-8"))
-        config.relay_socket()
+        config.relay_address()
         token = Path(argv[1]).read_text(encoding="utf-8").strip()
     except (OSError, TypeError, ValueError) as exc:
         logging.getLogger("fedsim.agent").error("cannot read the launch description: %s", exc)

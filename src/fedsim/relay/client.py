@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -9,6 +10,7 @@ from urllib.parse import unquote
 
 import httpx
 
+from fedsim.agent.launch import parse_relay_url
 from fedsim.relay.app import KIND_HEADER, MEMO_HEADER, SENDER_HEADER
 from fedsim.relay.kinds import APP_KIND
 
@@ -48,16 +50,44 @@ class Incoming:
     kind: str = APP_KIND
 
 
-class RelayClient:
-    """One per thread: httpx clients are not shared between the agent's loops."""
+def pinned_context(ca_pem: str) -> ssl.SSLContext:
+    """Trusts the run's CA and nothing else (``cadata`` keeps the system store out), checks
+    the host name, and speaks TLS 1.3 only: both ends are fedsim."""
+    context = ssl.create_default_context(cadata=ca_pem)
+    context.check_hostname = True
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    return context
 
-    def __init__(self, socket_path: str, site: str, token: str) -> None:
+
+def relay_transport(relay: str, ca_pem: str | None) -> tuple[httpx.HTTPTransport, str]:
+    """(transport, base URL) for ``relay``: a Unix socket path, or a relay URL
+    (``unix:///PATH``; ``https://HOST:PORT`` with ``ca_pem`` pinned)."""
+    if "://" not in relay:
+        relay = f"unix://{relay}"
+    address = parse_relay_url(relay)
+    if address.socket_path is not None:
+        return httpx.HTTPTransport(uds=address.socket_path), address.base_url
+    if not ca_pem:
+        raise ValueError(f"the relay {relay} needs the run's CA certificate to be pinned")
+    return httpx.HTTPTransport(verify=pinned_context(ca_pem)), address.base_url
+
+
+class RelayClient:
+    """One per thread: httpx clients are not shared between the agent's loops.
+
+    ``relay`` is a Unix socket path or a relay URL; an ``https://`` relay is verified against
+    ``ca_pem`` (the run's CA) only."""
+
+    def __init__(self, relay: str, site: str, token: str, ca_pem: str | None = None) -> None:
         self.site = site
+        transport, base_url = relay_transport(relay, ca_pem)
         self._client = httpx.Client(
-            transport=httpx.HTTPTransport(uds=socket_path),
-            base_url="http://relay",
+            transport=transport,
+            base_url=base_url,
             headers={"Authorization": f"Bearer {token}"},
             timeout=httpx.Timeout(60.0),
+            trust_env=False,  # no proxy from the environment: the relay is reached directly
         )
 
     def _request(self, method: str, url: str, **options: Any) -> httpx.Response:
