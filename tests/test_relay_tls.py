@@ -165,6 +165,15 @@ def test_a_late_request_head_is_dropped_over_tls(relay: TlsRelay) -> None:
         assert time.monotonic() - started < LIMITS.head_timeout + 2
 
 
+def test_a_handshake_that_never_comes_is_dropped(relay: TlsRelay) -> None:
+    with socket.create_connection((LOOPBACK, relay.server.port or 0), timeout=10) as conn:
+        started = time.monotonic()
+        assert conn.recv(1024) == b""
+        assert time.monotonic() - started < LIMITS.head_timeout + 2
+    with relay.client("clinic") as clinic:
+        assert clinic.send(b"still here", None, None) == ["hub"]
+
+
 def test_keys_are_private_and_stay_in_a_private_folder(tmp_path: Path) -> None:
     private = private_folder(tmp_path, "private")
     ca = RunCA.create(private, "run", dt.timedelta(hours=1))

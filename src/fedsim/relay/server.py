@@ -20,6 +20,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
@@ -53,6 +54,22 @@ class _ToRelayLog(logging.Handler):
         self._last[text] = now
         level = record.levelno if record.levelno >= logging.WARNING else logging.DEBUG
         log.log(level, "server: %s", text, exc_info=record.exc_info)
+
+
+class _RelayLoop(asyncio.SelectorEventLoop):
+    """An event loop whose TLS listeners give up on a handshake after ``handshake_timeout``.
+
+    uvicorn does not pass ``ssl_handshake_timeout``, so asyncio's default (60 s) would apply:
+    a client that connects and never completes the handshake is not yet a connection to
+    uvicorn (no slot of the concurrency limit, no head deadline), and could hold sockets
+    open that long. Here the handshake gets the same time as a request head."""
+
+    handshake_timeout: float = 10.0
+
+    async def create_server(self, *args: Any, **kwargs: Any) -> asyncio.Server:  # type: ignore[override]
+        if kwargs.get("ssl") is not None:
+            kwargs.setdefault("ssl_handshake_timeout", self.handshake_timeout)
+        return await super().create_server(*args, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -122,7 +139,13 @@ class RelayServer:
         async def serve_all() -> None:
             await asyncio.gather(*(server.serve(sockets) for server, sockets in self._servers))
 
-        asyncio.run(serve_all())
+        def new_loop() -> asyncio.AbstractEventLoop:
+            loop = _RelayLoop()
+            loop.handshake_timeout = self.state.limits.head_timeout
+            return loop
+
+        with asyncio.Runner(loop_factory=new_loop) as runner:
+            runner.run(serve_all())
 
     @property
     def port(self) -> int | None:
