@@ -218,7 +218,7 @@ async def check_ssh_sites(
         except SiteUnreachable as exc:
             health.problems.append(exc.reason)
         finally:
-            session.close()
+            await session.close()
 
     await asyncio.gather(*(one(name, session) for name, session in sessions.items()))
     return [rows[site.name] for site, _ in sites]

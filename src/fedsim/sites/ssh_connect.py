@@ -89,8 +89,10 @@ class SshSession:
         except (TimeoutError, OSError, asyncssh.Error) as exc:
             raise SiteUnreachable(self.site, self.target.address, _describe(exc)) from exc
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        """Closed and waited for, so no transport outlives the event loop that made it."""
         self.connection.close()
+        await self.connection.wait_closed()
 
 
 def _known_hosts_files(target: SshTarget, ssh_config: Sequence[Path] | None) -> list[Path]:
