@@ -140,6 +140,57 @@ def test_a_good_config_validates_with_paths_resolved(tmp_path: Path) -> None:
         ),
         ('output_dir = "b/runs"\n' + TWO_SITES, "output_dir", "lies inside sites[1].inputs[0]"),
         ('output_dir = "a"\n' + TWO_SITES, "output_dir", "lies inside sites[0].inputs[0]"),
+        # where a site lives: only ssh://, parsed now; SSH keys only on SSH sites
+        (
+            TWO_SITES.replace('name = "b"', 'name = "b"\nlocation = "http://h"'),
+            "sites[1].location",
+            'scheme "http" is not supported: only ssh://[USER@]HOST[:PORT]',
+        ),
+        (
+            TWO_SITES.replace('name = "b"', 'name = "b"\nlocation = "h"'),
+            "sites[1].location",
+            '"h" is not a location',
+        ),
+        (
+            TWO_SITES.replace('name = "b"', 'name = "b"\nlocation = "ssh://u:pw@h"'),
+            "sites[1].location",
+            "is not ssh://[USER@]HOST[:PORT] (no password",
+        ),
+        (
+            TWO_SITES.replace('name = "b"', 'name = "b"\nlocation = "ssh://-oProxyCommand=x"'),
+            "sites[1].location",
+            "not starting with '-'",
+        ),
+        (
+            TWO_SITES.replace('name = "b"', 'name = "b"\nlocation = "ssh://h:0"'),
+            "sites[1].location",
+            "port 0 is out of range",
+        ),
+        (
+            TWO_SITES.replace('name = "b"', 'name = "b"\nlocation = 1'),
+            "sites[1].location",
+            "valid string (got 1)",
+        ),
+        (
+            TWO_SITES.replace('name = "b"', 'name = "b"\nworkdir = "/srv/x"'),
+            "sites[1].workdir",
+            'only for a site on an SSH host: set location = "ssh://HOST"',
+        ),
+        (
+            TWO_SITES.replace('name = "b"', 'name = "b"\nssh_accept_new = true'),
+            "sites[1].ssh_accept_new",
+            "only for a site on an SSH host",
+        ),
+        (
+            TWO_SITES.replace('name = "b"', 'name = "b"\nlocation = "local"\nssh_key = "k"'),
+            "sites[1].ssh_key",
+            "only for a site on an SSH host",
+        ),
+        (
+            TWO_SITES.replace('name = "b"', 'name = "b"\nssh_accept_new = "yes"'),
+            "sites[1].ssh_accept_new",
+            'valid boolean (got "yes")',
+        ),
     ],
 )
 def test_each_config_error_names_file_field_and_fault(
@@ -393,3 +444,59 @@ def test_bad_limits_name_the_field(tmp_path: Path) -> None:
     fields = sorted(line.split(": ")[1] for line in lines)
     assert fields == ["limits.cpu", "limits.memory", "limits.swap", "sites[1].limits.processes"]
     assert any("not a size: 'lots'" in line for line in lines)
+
+
+SSH_SITE = TWO_SITES.replace('name = "b"', 'name = "b"\nlocation = "ssh://alice@Alias-1:2222"')
+
+
+def test_an_ssh_site_is_refused_by_run_until_placement_lands(tmp_path: Path) -> None:
+    """Running it locally instead would be a lie; so is pretending it runs."""
+    path = write(tmp_path, SSH_SITE)
+    for command in ("validate", "run"):
+        result = runner.invoke(app, [command, str(path)])
+        assert result.exit_code == ExitCode.CONFIG, result.output
+        flat = " ".join(result.output.split())
+        assert f"{path}: sites[1].location: SSH placement is not available yet" in flat
+    assert not (tmp_path / "runs").exists()
+
+
+def test_an_ssh_site_is_typed_for_the_code_that_connects(tmp_path: Path) -> None:
+    key = tmp_path / "id_test"
+    key.write_text("not really a key\n")
+    key.chmod(0o600)
+    body = SSH_SITE.replace(
+        "location = ",
+        'ssh_key = "id_test"\nworkdir = "/srv/fedsim"\nssh_accept_new = true\nlocation = ',
+    )
+    config = load_config(write(tmp_path, body), allow_ssh=True)
+    assert config.sites[0].ssh is None  # no location: local
+    target = config.sites[1].ssh
+    assert target is not None
+    assert (target.host, target.user, target.port) == ("Alias-1", "alice", 2222)  # case kept
+    assert (target.key, target.workdir, target.accept_new) == (key, "/srv/fedsim", True)
+    with pytest.raises(AttributeError):
+        target.host = "other"  # type: ignore[misc]
+
+    bare = SSH_SITE.replace("ssh://alice@Alias-1:2222", "ssh://[fd00::1]")
+    target = load_config(write(tmp_path, bare), allow_ssh=True).sites[1].ssh
+    assert target is not None
+    assert (target.host, target.user, target.port) == ("fd00::1", None, None)
+    assert (target.key, target.workdir, target.accept_new) == (None, "~/.fedsim", False)
+    local = TWO_SITES.replace('name = "b"', 'name = "b"\nlocation = "local"')
+    assert load_config(write(tmp_path, local)).sites[1].ssh is None
+
+
+def test_an_ssh_key_readable_by_others_is_refused(tmp_path: Path) -> None:
+    key = tmp_path / "id_test"
+    key.write_text("secret key material\n")
+    key.chmod(0o640)
+    path = write(tmp_path, SSH_SITE.replace("location = ", 'ssh_key = "id_test"\nlocation = '))
+    with pytest.raises(ConfigError) as info:
+        load_config(path, allow_ssh=True)
+    assert f"{path}: sites[1].ssh_key: {key} is a private key but is readable by others" in str(
+        info.value
+    )
+    assert "chmod 600" in str(info.value) and "secret" not in str(info.value)
+    key.unlink()
+    with pytest.raises(ConfigError, match=r"sites\[1\]\.ssh_key: no such file"):
+        load_config(path, allow_ssh=True)

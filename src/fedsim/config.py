@@ -13,6 +13,7 @@ import re
 import stat
 import tomllib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -133,8 +134,99 @@ def resolve_limits(*layers: LimitsConfig | None) -> Limits:
     return Limits(**values)
 
 
+SSH_URL = re.compile(
+    r"ssh://(?:(?P<user>[A-Za-z0-9._][A-Za-z0-9._-]*)@)?"
+    r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_][A-Za-z0-9._-]*)"
+    r"(?::(?P<port>[0-9]{1,5}))?/?"
+)
+"""``ssh://[USER@]HOST[:PORT]``. Parsed by hand, not by urllib: urllib lowercases the host,
+and an alias in ``~/.ssh/config`` is matched as written. A host or user starting with ``-``
+is refused: it would read as an option to ``ssh``."""
+DEFAULT_WORKDIR = "~/.fedsim"
+SSH_ONLY_KEYS = ("ssh_key", "workdir", "ssh_accept_new")
+SSH_NOT_YET = (
+    "SSH placement is not available yet in this version: `fedsim doctor` can check the host, "
+    "`fedsim run` cannot place a site there; remove location to run the site locally"
+)
+
+
+@dataclass(frozen=True)
+class SshTarget:
+    """Where an SSH site lives and how to log in: what the connection code needs, typed.
+
+    ``user`` and ``port`` are None when the URL leaves them out, so that ``~/.ssh/config``
+    (or OpenSSH's defaults) decide, as they would for ``ssh HOST``."""
+
+    host: str
+    user: str | None = None
+    port: int | None = None
+    key: Path | None = None
+    workdir: str = DEFAULT_WORKDIR
+    accept_new: bool = False
+
+    @property
+    def address(self) -> str:
+        """``[user@]host[:port]`` as written, for messages."""
+        user = f"{self.user}@" if self.user else ""
+        port = f":{self.port}" if self.port is not None else ""
+        return f"{user}{self.host}{port}"
+
+
+def parse_location(value: str) -> tuple[str, str | None, int | None] | None:
+    """``(host, user, port)`` of an ``ssh://`` location, or None for a local site.
+
+    Raises ValueError saying what is wrong: any scheme but ssh, a password, a path, a bad
+    port."""
+    if value == "local":
+        return None
+    scheme, sep, _ = value.partition("://")
+    if not sep:
+        raise ValueError(
+            f'{_as_toml(value)} is not a location: give "ssh://[USER@]HOST[:PORT]" '
+            'or "local" (or leave location out)'
+        )
+    if scheme != "ssh":
+        raise ValueError(
+            f"scheme {_as_toml(scheme)} is not supported: only ssh://[USER@]HOST[:PORT]"
+        )
+    match = SSH_URL.fullmatch(value)
+    if match is None:
+        raise ValueError(
+            f"{_as_toml(value)} is not ssh://[USER@]HOST[:PORT] (no password, path, query or "
+            "spaces; USER and HOST of letters, digits, '.', '_', '-', not starting with '-')"
+        )
+    port = int(match["port"]) if match["port"] is not None else None
+    if port is not None and not 1 <= port <= 65535:
+        raise ValueError(f"port {port} is out of range (1-65535)")
+    host = match["host"].removeprefix("[").removesuffix("]")
+    return host, match["user"], port
+
+
+def _check_location(value: str | None, info: ValidationInfo) -> str | None:
+    """Parsed now so that a typo is a config fault; refused for ``fedsim run`` until SSH
+    placement exists, rather than silently running the site locally."""
+    if value is None or parse_location(value) is None:
+        return value
+    if not ((info.context or {}).get("allow_ssh", False)):
+        raise ValueError(SSH_NOT_YET)
+    return value
+
+
+def _check_workdir(value: str | None) -> str | None:
+    """A folder on the remote host, never looked at here: only its shape can be checked.
+    Control characters and a ``~user`` form are refused (they would be read by a remote
+    shell); a relative path is relative to the login's home, as for ``scp``."""
+    if value is None:
+        return None
+    if not value.strip() or any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError("a remote folder: not empty, no control characters")
+    if value.startswith("~") and not (value == "~" or value.startswith("~/")):
+        raise ValueError(f"{_as_toml(value)}: only ~ or ~/... (the login's home) is understood")
+    return value
+
+
 class SiteConfig(BaseModel):
-    """One participant: who it is, and which files it holds."""
+    """One participant: who it is, which files it holds, and where it lives."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -143,6 +235,52 @@ class SiteConfig(BaseModel):
     inputs: list[InputPath] = Field(default_factory=list)
     env_file: Path | None = None
     limits: LimitsConfig | None = None
+    location: StrictStr | None = None
+    """``ssh://[USER@]HOST[:PORT]`` for a site on another machine; left out (or ``"local"``)
+    for a sandbox on this one."""
+    ssh_key: Path | None = None
+    workdir: StrictStr | None = None
+    """The remote folder fedsim uses; default ``~/.fedsim``."""
+    ssh_accept_new: Flag = False
+    """Trust an unknown host key on first use and add it to known_hosts; else it is an error.
+    A known host whose key changed is always an error."""
+
+    _location = field_validator("location", mode="after")(_check_location)
+    _workdir = field_validator("workdir", mode="after")(_check_workdir)
+
+    @field_validator("ssh_key", mode="after")
+    @classmethod
+    def _ssh_key_private(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        """OpenSSH refuses a private key that others may read; say so now, with the fix."""
+        if value is None:
+            return None
+        path = _resolve(value, info)
+        if _kind(path) != "file":
+            raise ValueError(f"no such file: {path}")
+        mode = path.stat().st_mode
+        if mode & SECRET_MODE_MASK:
+            raise ValueError(
+                f"{path} is a private key but is readable by others "
+                f"(mode {stat.S_IMODE(mode):04o}); run: chmod 600 {path}"
+            )
+        _readable(path)
+        return path
+
+    @property
+    def ssh(self) -> SshTarget | None:
+        """Where this site lives over SSH, or None for a local site."""
+        parsed = parse_location(self.location) if self.location is not None else None
+        if parsed is None:
+            return None
+        host, user, port = parsed
+        return SshTarget(
+            host=host,
+            user=user,
+            port=port,
+            key=self.ssh_key,
+            workdir=self.workdir or DEFAULT_WORKDIR,
+            accept_new=self.ssh_accept_new,
+        )
 
     @field_validator("env_file", mode="after")
     @classmethod
@@ -377,9 +515,34 @@ def _cross_field_faults(raw: dict[str, Any], info: ValidationInfo) -> Iterator[t
         if len(coordinators) != 1:
             found = ", ".join(coordinators) if coordinators else "none"
             yield ("sites",), f"exactly one site needs coordinator = true; found: {found}"
+    yield from _ssh_only_faults(sites)
 
     yield from _output_dir_faults(raw, steps, sites, info)
     yield from _tolerance_faults(raw, steps, info)
+
+
+def _is_ssh(location: Any) -> bool:
+    """Whether a raw location names an SSH host; a malformed one is a field error, so it
+    counts as SSH here (its SSH keys are then not reported a second time)."""
+    if not isinstance(location, str):
+        return location is not None
+    try:
+        return parse_location(location) is not None
+    except ValueError:
+        return True
+
+
+def _ssh_only_faults(sites: list[tuple[int, dict[str, Any]]]) -> Iterator[tuple[Loc, str]]:
+    """An SSH key on a local site would be ignored; more likely the location was forgotten."""
+    for i, site in sites:
+        if _is_ssh(site.get("location")):
+            continue
+        for key in SSH_ONLY_KEYS:
+            if key in site:
+                yield (
+                    ("sites", i, key),
+                    'only for a site on an SSH host: set location = "ssh://HOST" or remove it',
+                )
 
 
 def _output_dir_faults(
@@ -490,8 +653,12 @@ def format_validation_error(source: Path, exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def load_config(path: str | os.PathLike[str]) -> RunConfig:
+def load_config(path: str | os.PathLike[str], *, allow_ssh: bool = False) -> RunConfig:
     """Read and check a run config; raise ConfigError naming the file and field on any problem.
+
+    ``allow_ssh``: accept sites with an ``ssh://`` location. Only ``fedsim doctor`` does so
+    for now; a run cannot place a site on an SSH host yet, and says so here, before
+    anything starts.
 
     A config that cannot be read at all gives one line too: a device such as ``/dev/zero``
     would otherwise be read forever, and a directory or bytes that are not UTF-8 would end
@@ -518,7 +685,9 @@ def load_config(path: str | os.PathLike[str]) -> RunConfig:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
     try:
-        return RunConfig.model_validate(raw, context={"base_dir": source.resolve().parent})
+        return RunConfig.model_validate(
+            raw, context={"base_dir": source.resolve().parent, "allow_ssh": allow_ssh}
+        )
     except ValidationError as exc:
         raise ConfigError(format_validation_error(source, exc)) from exc
 
@@ -563,6 +732,12 @@ name = "site-a"
 coordinator = true           # exactly one site coordinates
 inputs = ["data/site-a"]     # files or folders copied into this site's /mnt/input
 # env_file = "secrets/site-a.env"  # this site's secrets (mode 0600), seen only by its app
+# location = "ssh://user@host:22"  # a site on another machine (HOST may be a ~/.ssh/config
+#                            # alias); left out: a sandbox here. `fedsim doctor` checks it;
+#                            # `fedsim run` cannot place sites on SSH hosts yet
+# ssh_key = "~/.ssh/id_ed25519"  # the login key (mode 0600); default: as ssh would choose
+# workdir = "~/.fedsim"      # the folder fedsim uses on that host
+# ssh_accept_new = false     # true: trust an unknown host key once and add it to known_hosts
 
 [[sites]]
 name = "site-b"

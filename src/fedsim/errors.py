@@ -4,6 +4,8 @@
     ├── ConfigError      the config (or a file it names) is wrong; nothing was started
     ├── EnvironmentBuildError  the app's environment could not be built
     ├── SandboxError     this machine cannot build a site sandbox (missing bwrap, ...)
+    ├── SiteUnreachable  a site's host cannot be reached or logged into over SSH
+    │   └── HostKeyError the host's key is unknown (and not to be trusted) or changed
     └── RunFailed        the run started and did not finish
         ├── SiteFailed   a site's app or agent failed
         │   └── OutputTooLarge  its output passed its byte limit
@@ -31,6 +33,7 @@ class ExitCode(IntEnum):
     SANDBOX = 6
     COMPARISON = 7
     STALLED = 8
+    NOT_READY = 9
     HANGUP = 129
     INTERRUPTED = 130
     TERMINATED = 143
@@ -52,6 +55,24 @@ class EnvironmentBuildError(FedsimError):
 
 class SandboxError(FedsimError):
     exit_code = ExitCode.SANDBOX
+
+
+class SiteUnreachable(FedsimError):
+    """Connecting or logging into a site's host failed; names the site and the host, so a
+    config with twenty SSH sites says which one to look at."""
+
+    exit_code = ExitCode.NOT_READY
+
+    def __init__(self, site: str, host: str, reason: str) -> None:
+        super().__init__(f"site {site} ({host}): {reason}")
+        self.site = site
+        self.host = host
+        self.reason = reason
+
+
+class HostKeyError(SiteUnreachable):
+    """The host's key is not in known_hosts (and ``ssh_accept_new`` is off) or differs from
+    the one recorded there: never connected past, whatever the config says."""
 
 
 class RunFailed(FedsimError):
