@@ -86,7 +86,7 @@ def test_doctor_on_local_sites_says_ready(tmp_path: Path) -> None:
     path = write_config(tmp_path, [{"name": "a"}, {"name": "b", "location": "local"}])
     result = runner.invoke(app, ["doctor", str(path), "--json"])
     assert result.exit_code == 0, result.output
-    rows = rows_by_site(json.loads(result.output))
+    rows = rows_by_site(json.loads(result.stdout))  # logs go to stderr
     assert set(rows) == {"a", "b"}
     for row in rows.values():
         assert row["ready"] and row["reachable"] and row["sandbox"]
