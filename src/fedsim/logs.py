@@ -67,7 +67,9 @@ class _NotSiteLines(logging.Filter):
 
 
 def configure_console(verbose: bool = False) -> None:
-    """Human-facing output on stderr; stdout is kept for results (the run directory)."""
+    """Human-facing output on stderr; stdout is kept for results (the run directory).
+
+    Rich's layout on a terminal; one unwrapped line a record otherwise."""
     from rich.console import Console
     from rich.logging import RichHandler
 
@@ -76,19 +78,29 @@ def configure_console(verbose: bool = False) -> None:
     for handler in list(root.handlers):
         if getattr(handler, "_fedsim_console", False):
             root.removeHandler(handler)
-    handler = RichHandler(
-        console=Console(stderr=True),
-        show_path=False,
-        markup=False,
-        rich_tracebacks=False,
-        log_time_format="[%X]",
-    )
+    console = Console(stderr=True)
+    handler: logging.Handler
+    if console.is_terminal:
+        handler = RichHandler(
+            console=console,
+            show_path=False,
+            markup=False,
+            rich_tracebacks=False,
+            log_time_format="[%X]",
+        )
+        handler.setFormatter(logging.Formatter("%(site)s: %(message)s"))
+    else:
+        # Rich lays a record out in an 80-column table when stderr is a pipe or a file,
+        # breaking paths and long lines in two; piped output gets one plain line a record
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(
+            logging.Formatter("[%(asctime)s] %(levelname)-8s %(site)s: %(message)s", "%X")
+        )
     handler._fedsim_console = True  # type: ignore[attr-defined]
     handler.setLevel(logging.DEBUG if verbose else logging.INFO)
     handler.addFilter(_ContextDefaults())
     if not verbose:
         handler.addFilter(_NotSiteLines())
-    handler.setFormatter(logging.Formatter("%(site)s: %(message)s"))
     root.addHandler(handler)
 
 

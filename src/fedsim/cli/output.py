@@ -9,8 +9,20 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-stderr = Console(stderr=True, highlight=False, soft_wrap=True)
-stdout = Console(highlight=False, soft_wrap=True)
+UNWRAPPED_WIDTH = 10_000
+"""Rich's width when the output is not a terminal: its default there is 80 columns, which
+breaks run directory paths and table rows of piped output (logs, scripts, CI) in two."""
+
+
+def _console(stderr: bool) -> Console:
+    console = Console(stderr=stderr, highlight=False, soft_wrap=True)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = UNWRAPPED_WIDTH
+    return console
+
+
+stderr = _console(stderr=True)
+stdout = _console(stderr=False)
 
 
 def abort(message: str, code: int) -> NoReturn:
