@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -63,6 +63,17 @@ def status(
     stdout.print(str(run_dir.path))
 
 
+def _check_site(site: str, summary: dict[str, Any]) -> None:
+    """A misspelt site would otherwise match no line and print nothing, which reads as "the
+    site logged nothing"; naming the run's sites makes the typo obvious."""
+    from fedsim.cli.output import abort
+    from fedsim.errors import ExitCode
+
+    known = [*summary.get("sites", {}), "orchestrator"]
+    if site not in known:
+        abort(f"run has no site {site!r}; its sites are: {', '.join(known)}", ExitCode.CONFIG)
+
+
 def logs(
     run: RunArg = None,
     runs: OutputDirOpt = Path("runs"),
@@ -75,6 +86,8 @@ def logs(
     from fedsim.logs import LOG_SITE_FIELD
 
     run_dir = _find(run, runs)
+    if site is not None:
+        _check_site(site, run_dir.read_summary())
 
     def wanted(line: str) -> bool:
         fields = line.split(None, LOG_SITE_FIELD + 1)
