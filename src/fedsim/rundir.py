@@ -28,6 +28,8 @@ from fedsim.relay import TrafficRecord
 from fedsim.safefiles import Skipped, zip_tree
 
 SUMMARY = "summary.json"
+NO_MEMO = "None"
+"""What the newer FeatureCloud engine sends for a message without a memo (``str(None)``)."""
 LOG = "fedsim.log"
 TRAFFIC = "traffic.csv"
 CONFIG = "config.toml"
@@ -82,13 +84,20 @@ class RunDir:
         return json.loads((self.path / SUMMARY).read_text(encoding="utf-8"))
 
     def write_traffic(self, steps: Iterable[tuple[int, Iterable[TrafficRecord]]]) -> None:
-        """One row per message of every step (a single app is step 1)."""
+        """One row per message of every step (a single app is step 1).
+
+        A message without a memo has an empty memo field whatever the engine: the newer
+        FeatureCloud engine sends ``str(memo)``, so its "no memo" arrives as the text
+        ``None`` (and is delivered as such, which its receiver expects), while older
+        engines send null. Written as it came, the same app would show two different memos
+        depending on the engine version.
+        """
         with open(self.path / TRAFFIC, "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
             writer.writerow(TRAFFIC_COLUMNS)
             for step, records in steps:
                 for r in records:
-                    memo = "" if r.memo is None else r.memo
+                    memo = "" if r.memo in (None, NO_MEMO) else r.memo
                     writer.writerow(
                         [iso(r.time), r.sender, r.receiver, memo, r.bytes, r.kind, step]
                     )
