@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import signal
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import IO
 
 from fedsim.processes import spawn_line_reader
+from fedsim.sites.applines import AppLevels
 from fedsim.sites.base import LineSink
 from fedsim.sites.sandbox import SandboxSpec, build_command
 
@@ -139,7 +141,8 @@ def _pump(process: subprocess.Popen[str], on_line: LineSink, tag: str | None) ->
         for line in stream:
             on_line(line)
         return
+    levels = AppLevels()
     for piece in iter(lambda: stream.readline(MAX_LINE), ""):
         text = STATUS_ACCESS_LINE.sub("", piece).rstrip("\n")
         if text.strip():
-            on_line(f"{tag}\tINFO\t{text}")
+            on_line(f"{tag}\t{logging.getLevelName(levels.level(text))}\t{text}")
