@@ -53,6 +53,12 @@ class _UTCFormatter(logging.Formatter):
         return f"{stamp}.{int(record.msecs):03d}Z"
 
 
+def counted(n: int, noun: str) -> str:
+    """``1 site``, ``3 sites``: a run of one site is common (the centralised run of a
+    comparison), and "1 sites" in its log reads as a bug."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def get_logger(component: str) -> logging.Logger:
     return logging.getLogger(f"{LOGGER_NAME}.{component}")
 

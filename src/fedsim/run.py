@@ -35,7 +35,14 @@ from fedsim.errors import (
     RunTimeout,
     SiteFailed,
 )
-from fedsim.logs import FIELD_SEPARATOR, get_logger, parse_site_line, run_log_file, site_logger
+from fedsim.logs import (
+    FIELD_SEPARATOR,
+    counted,
+    get_logger,
+    parse_site_line,
+    run_log_file,
+    site_logger,
+)
 from fedsim.pythons import find_python
 from fedsim.relay import RelayServer, RelayState, Routing
 from fedsim.rundir import RunDir, directory_digest, iso, new_run_id
@@ -60,6 +67,20 @@ reaches the console (rendering is costly in the length of a line)."""
 def console_text(value: object) -> str:
     text = " ".join(str(value).split())
     return text if len(text) <= STATUS_TEXT_LIMIT else text[: STATUS_TEXT_LIMIT - 1] + "…"
+
+
+def progress_text(status: dict[str, Any]) -> str | None:
+    """One site's progress line: its message, else its state, and the progress if any.
+
+    None when there is nothing to say: an app that reports neither a message nor a state
+    (engines without messages do) would otherwise log "None" at every change.
+    """
+    text = status.get("message") or status.get("state")
+    progress = status.get("progress")
+    parts = [] if text is None else [console_text(text)]
+    if progress is not None:
+        parts.append(f"({progress:.0%})")
+    return " ".join(parts) or None
 
 
 def agent_launch(config: RunConfig, site: str) -> AgentLaunch:
@@ -257,9 +278,9 @@ class Run:
         with run_log_file(self.run_dir.log_path):
             apps = " -> ".join(s.config.app.name for s in self.steps)
             log.info(
-                "run %s: %d sites, %s, record in %s",
+                "run %s: %s, %s, record in %s",
                 self.run_id,
-                len(self.config.sites),
+                counted(len(self.config.sites), "site"),
                 apps,
                 self.run_dir.path,
             )
@@ -537,13 +558,9 @@ class Run:
             view = (status.get("message"), status.get("progress"))
             if shown.get(name) != view:
                 shown[name] = view
-                progress = status.get("progress")
-                log.info(
-                    "site %s: %s%s",
-                    name,
-                    console_text(status.get("message") or status.get("state")),
-                    "" if progress is None else f" ({progress:.0%})",
-                )
+                line = progress_text(status)
+                if line is not None:
+                    log.info("site %s: %s", name, line)
 
     def _stop_and_collect(self, step: StepRecord, relay: RelayServer | None) -> None:
         now = time.time()

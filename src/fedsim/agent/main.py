@@ -22,7 +22,7 @@ import httpx
 from fedsim.agent.exchange import Exchange
 from fedsim.agent.launch import AgentLaunch
 from fedsim.agent.protocol import AppStatus, parse_status, setup_body
-from fedsim.logs import configure_agent_stdout, get_logger
+from fedsim.logs import configure_agent_stdout, counted, get_logger
 from fedsim.relay.client import RelayClient
 
 log = get_logger("agent")
@@ -78,9 +78,9 @@ class Agent:
         )
         self._app_out.post("/api/setup", json=body).raise_for_status()
         log.info(
-            "set up as %s of %d sites",
+            "set up as %s of %s",
             "coordinator" if self.config.is_coordinator else "participant",
-            len(self.config.clients),
+            counted(len(self.config.clients), "site"),
         )
 
     def _status(self) -> AppStatus:

@@ -34,6 +34,7 @@ def validate(
     it cannot read in the same one-line shape as every other fault."""
     from fedsim.cli.output import stdout
     from fedsim.config import load_config
+    from fedsim.logs import counted
 
     cfg = load_config(config)
     sites = ", ".join(f"{s.name}{' (coordinator)' if s.coordinator else ''}" for s in cfg.sites)
@@ -41,7 +42,7 @@ def validate(
         what = f"app {cfg.app.name}"
     else:  # a workflow: its steps in order
         what = f"workflow {' -> '.join(step.app.name for step in cfg.steps)}"
-    stdout.print(f"{config}: ok: {what}, {len(cfg.sites)} sites: {sites}", markup=False)
+    stdout.print(f"{config}: ok: {what}, {counted(len(cfg.sites), 'site')}: {sites}", markup=False)
 
 
 COMMANDS = {"init": init, "validate": validate}

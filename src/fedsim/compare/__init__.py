@@ -12,7 +12,7 @@ from typing import Any
 from fedsim.compare.measures import MEASURES, Measure, Outputs, generic
 from fedsim.compare.pooling import CENTRAL_SITE, centralised_config, pool_inputs
 from fedsim.config import RunConfig
-from fedsim.logs import get_logger
+from fedsim.logs import counted, get_logger
 
 log = get_logger("compare")
 COMPARISON = "comparison.json"
@@ -47,7 +47,10 @@ def compare(
 
     record = federated_run / "centralised"
     pooled = pool_inputs(config, record / "pooled-input")
-    log.info("centralised run of the same app on the pooled data of %d sites", len(config.sites))
+    log.info(
+        "centralised run of the same app on the pooled data of %s",
+        counted(len(config.sites), "site"),
+    )
     central = run(centralised_config(config, pooled, record))
     app = config.workflow[-1].app.name
     outputs = Outputs(
