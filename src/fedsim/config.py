@@ -225,6 +225,22 @@ def _check_workdir(value: str | None) -> str | None:
     return value
 
 
+def _private_file(value: Path, info: ValidationInfo, what: str) -> Path:
+    """A file of secrets (an env file, a private key): it must exist, be readable by us and
+    by nobody else; the fault names the file and the chmod that mends it."""
+    path = _resolve(value, info)
+    if _kind(path) != "file":
+        raise ValueError(f"no such file: {path}")
+    mode = path.stat().st_mode
+    if mode & SECRET_MODE_MASK:
+        raise ValueError(
+            f"{path} {what} but is readable by others "
+            f"(mode {stat.S_IMODE(mode):04o}); run: chmod 600 {path}"
+        )
+    _readable(path)
+    return path
+
+
 class SiteConfig(BaseModel):
     """One participant: who it is, which files it holds, and where it lives."""
 
@@ -252,19 +268,7 @@ class SiteConfig(BaseModel):
     @classmethod
     def _ssh_key_private(cls, value: Path | None, info: ValidationInfo) -> Path | None:
         """OpenSSH refuses a private key that others may read; say so now, with the fix."""
-        if value is None:
-            return None
-        path = _resolve(value, info)
-        if _kind(path) != "file":
-            raise ValueError(f"no such file: {path}")
-        mode = path.stat().st_mode
-        if mode & SECRET_MODE_MASK:
-            raise ValueError(
-                f"{path} is a private key but is readable by others "
-                f"(mode {stat.S_IMODE(mode):04o}); run: chmod 600 {path}"
-            )
-        _readable(path)
-        return path
+        return None if value is None else _private_file(value, info, "is a private key")
 
     @property
     def ssh(self) -> SshTarget | None:
@@ -286,19 +290,7 @@ class SiteConfig(BaseModel):
     @classmethod
     def _env_file_private(cls, value: Path | None, info: ValidationInfo) -> Path | None:
         """Opened, never read: the orchestrator does not load a site's secrets."""
-        if value is None:
-            return None
-        path = _resolve(value, info)
-        if _kind(path) != "file":
-            raise ValueError(f"no such file: {path}")
-        mode = path.stat().st_mode
-        if mode & SECRET_MODE_MASK:
-            raise ValueError(
-                f"{path} holds secrets but is readable by others "
-                f"(mode {stat.S_IMODE(mode):04o}); run: chmod 600 {path}"
-            )
-        _readable(path)
-        return path
+        return None if value is None else _private_file(value, info, "holds secrets")
 
 
 def _check_app_dir(value: Path, info: ValidationInfo) -> Path:
