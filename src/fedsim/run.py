@@ -196,7 +196,7 @@ class Run:
             "started": iso(ran[0].sites[name].started),
             "ended": iso(last.ended),
             **counts,
-            "app": state.snapshot()[1].get(name, {}) if state else {},
+            "app": state.site_statuses().get(name, {}) if state else {},
             "memory": {
                 **(state.memory_report(name) if state else {}),
                 **(last.running.memory() if last.running is not None else {}),
@@ -553,8 +553,7 @@ class Run:
         """Log each site's app state when it changes, so long runs show where they are."""
         if step.relay_state is None:
             return
-        _, statuses = step.relay_state.snapshot()
-        for name, status in statuses.items():
+        for name, status in step.relay_state.site_statuses().items():
             view = (status.get("message"), status.get("progress"))
             if shown.get(name) != view:
                 shown[name] = view
