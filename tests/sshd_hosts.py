@@ -16,9 +16,10 @@ the orchestrator's network, so the SSH client (and later fedsim itself) runs in 
 real interface, so no packet can leave them. The hub never forwards between hosts, even with
 ``ip_forward`` on: a policy rule prohibits routing anything that came in from a host link.
 
-Each sshd runs under ``unshare --mount --pid --uts --kill-child``: /tmp, /var/tmp, /work,
-/home, /dev/shm and /run are fresh tmpfs there and root's home is the host's own folder, so a
-"remote" site cannot see the orchestrator's files (this hides them from mistakes, not from a
+Each sshd runs under ``unshare --mount --pid --uts --kill-child``: of the orchestrator's root
+only the system folders stay (/usr, /etc, /var...); every other top-level folder (/work, /home,
+/opt, wherever the checkout was cloned), /tmp, /var/tmp, /dev/shm and /run are fresh tmpfs there
+and root's home is the host's own folder, so a "remote" site cannot see the orchestrator's files (this hides them from mistakes, not from a
 hostile root, who could unmount them). Its processes die with the PID namespace.
 """
 
@@ -45,8 +46,14 @@ FOLDER_PREFIX = "fedsim-sshd-"  # temporary folders (other tests use fedsim-test
 NETNS_DIR = Path("/run/netns")
 SSHD = "/usr/sbin/sshd"
 SUBNET = "10.231"  # host N gets 10.231.N.0/30: .1 on the hub's side, .2 on the host's
-# fresh tmpfs on each host, with the mode each has on Debian
-HIDDEN = {"/tmp": "1777", "/var/tmp": "1777", "/work": "0755", "/home": "0755", "/dev/shm": "1777"}
+# What a host keeps of the orchestrator's root: the system. Every other top-level folder (/work,
+# /home, /opt, /srv, wherever CI cloned the checkout...) is an empty tmpfs on the host, and
+# every other top-level file is empty.
+SYSTEM = ("bin", "boot", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc", "run", "sbin")
+SYSTEM += ("sys", "usr", "var")
+# fresh tmpfs within the system folders, with the mode each has on Debian
+HIDDEN = {"/tmp": "1777", "/var/tmp": "1777", "/dev/shm": "1777"}
+CHECKOUT = Path(__file__).resolve().parents[1]
 START_TIMEOUT = 30.0  # sshd starts in milliseconds; the slack is for a loaded machine
 STOP_TIMEOUT = 20.0
 _PR_SET_PDEATHSIG = 1
@@ -441,10 +448,19 @@ class SshNetwork:
             f"if [ -d {d} ]; then mount -t tmpfs -o mode={mode} fedsim-hidden {d}; fi"
             for d, mode in HIDDEN.items()
         )
+        system = " ".join(f"/{name}" for name in SYSTEM)
+        checkout = shlex.quote(str(CHECKOUT))
         script = f"""set -eu
 mount -t tmpfs -o mode=0755 fedsim-run /run
 mkdir -p /run/sshd {inside}
 mount --bind {shlex.quote(str(state))} {inside}
+if [ -d {checkout} ]; then mount -t tmpfs -o mode=0755 fedsim-hidden {checkout}; fi
+for entry in /* /.[!.]*; do
+    case " {system} " in *" $entry "*) continue ;; esac
+    if [ -L "$entry" ]; then continue; fi
+    if [ -d "$entry" ]; then mount -t tmpfs -o mode=0755 fedsim-hidden "$entry"
+    elif [ -f "$entry" ]; then mount --bind /dev/null "$entry"; fi
+done
 {hide}
 mount --bind {inside}/home /root
 hostname {host.hostname}
