@@ -68,7 +68,8 @@ def test_two_hosts_are_separate_machines(ssh_hosts: SshNetwork, tmp_path: Path) 
     probe = (
         "hostname; id -u; echo work: $(ls -A /work | wc -l); "
         f"test -e {shlex.quote(str(marker))} && echo marker-visible; "
-        f"test -e {shlex.quote(str(ROOT))} && echo checkout-visible; "
+        # the checkout's folder may exist there as an empty mount point: its files must not
+        f"test -e {shlex.quote(str(ROOT / 'pyproject.toml'))} && echo checkout-visible; "
         "echo home: $HOME $(ls -A ~); echo pids: $(ls /proc | grep -c '^[0-9]'); "
         "echo hi > ~/left-by-site"
     )
