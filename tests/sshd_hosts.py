@@ -19,8 +19,9 @@ real interface, so no packet can leave them. The hub never forwards between host
 Each sshd runs under ``unshare --mount --pid --uts --kill-child``: of the orchestrator's root
 only the system folders stay (/usr, /etc, /var...); every other top-level folder (/work, /home,
 /opt, wherever the checkout was cloned), /tmp, /var/tmp, /dev/shm and /run are fresh tmpfs there
-and root's home is the host's own folder, so a "remote" site cannot see the orchestrator's files (this hides them from mistakes, not from a
-hostile root, who could unmount them). Its processes die with the PID namespace.
+and root's home is the host's own folder, so a "remote" site cannot see the orchestrator's
+files (this hides them from mistakes, not from a hostile root, who could unmount them). Its
+processes die with the PID namespace.
 """
 
 from __future__ import annotations

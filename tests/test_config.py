@@ -449,15 +449,16 @@ def test_bad_limits_name_the_field(tmp_path: Path) -> None:
 SSH_SITE = TWO_SITES.replace('name = "b"', 'name = "b"\nlocation = "ssh://alice@Alias-1:2222"')
 
 
-def test_an_ssh_site_is_refused_by_run_until_placement_lands(tmp_path: Path) -> None:
-    """Running it locally instead would be a lie; so is pretending it runs."""
-    path = write(tmp_path, SSH_SITE)
-    for command in ("validate", "run"):
-        result = runner.invoke(app, [command, str(path)])
-        assert result.exit_code == ExitCode.CONFIG, result.output
-        flat = " ".join(result.output.split())
-        assert f"{path}: sites[1].location: SSH placement is not available yet" in flat
-    assert not (tmp_path / "runs").exists()
+def test_an_ssh_site_validates_and_a_bad_location_names_the_field(tmp_path: Path) -> None:
+    """Validation never connects (it only reads the config); a malformed location is a fault
+    of the field, before anything starts."""
+    result = runner.invoke(app, ["validate", str(write(tmp_path, SSH_SITE))])
+    assert result.exit_code == 0, result.output
+    bad = write(tmp_path, SSH_SITE.replace("ssh://alice@Alias-1:2222", "ssh://alice@host:99999"))
+    result = runner.invoke(app, ["validate", str(bad)])
+    assert result.exit_code == ExitCode.CONFIG, result.output
+    flat = " ".join(result.output.split())
+    assert f"{bad}: sites[1].location: port 99999 is out of range" in flat
 
 
 def test_an_ssh_site_is_typed_for_the_code_that_connects(tmp_path: Path) -> None:
@@ -468,7 +469,7 @@ def test_an_ssh_site_is_typed_for_the_code_that_connects(tmp_path: Path) -> None
         "location = ",
         'ssh_key = "id_test"\nworkdir = "/srv/fedsim"\nssh_accept_new = true\nlocation = ',
     )
-    config = load_config(write(tmp_path, body), allow_ssh=True)
+    config = load_config(write(tmp_path, body))
     assert config.sites[0].ssh is None  # no location: local
     target = config.sites[1].ssh
     assert target is not None
@@ -478,7 +479,7 @@ def test_an_ssh_site_is_typed_for_the_code_that_connects(tmp_path: Path) -> None
         target.host = "other"  # type: ignore[misc]
 
     bare = SSH_SITE.replace("ssh://alice@Alias-1:2222", "ssh://[fd00::1]")
-    target = load_config(write(tmp_path, bare), allow_ssh=True).sites[1].ssh
+    target = load_config(write(tmp_path, bare)).sites[1].ssh
     assert target is not None
     assert (target.host, target.user, target.port) == ("fd00::1", None, None)
     assert (target.key, target.workdir, target.accept_new) == (None, "~/.fedsim", False)
@@ -492,11 +493,11 @@ def test_an_ssh_key_readable_by_others_is_refused(tmp_path: Path) -> None:
     key.chmod(0o640)
     path = write(tmp_path, SSH_SITE.replace("location = ", 'ssh_key = "id_test"\nlocation = '))
     with pytest.raises(ConfigError) as info:
-        load_config(path, allow_ssh=True)
+        load_config(path)
     assert f"{path}: sites[1].ssh_key: {key} is a private key but is readable by others" in str(
         info.value
     )
     assert "chmod 600" in str(info.value) and "secret" not in str(info.value)
     key.unlink()
     with pytest.raises(ConfigError, match=r"sites\[1\]\.ssh_key: no such file"):
-        load_config(path, allow_ssh=True)
+        load_config(path)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -20,42 +19,10 @@ from typer.testing import CliRunner
 
 from fedsim.cli.main import app
 from fedsim.errors import ExitCode
-from tests.conftest import MEAN_APP
-from tests.sshd_hosts import SshHost, SshNetwork
+from tests.ssh_configs import make_home, ssh_site, write_config
+from tests.sshd_hosts import SshNetwork
 
 runner = CliRunner()
-
-
-def write_config(tmp_path: Path, sites: list[dict[str, Any]]) -> Path:
-    """A config of the mean app with these sites (the first coordinates)."""
-    lines = [f'app = "{MEAN_APP}"']
-    for i, site in enumerate(sites):
-        lines.append("[[sites]]")
-        if i == 0:
-            lines.append("coordinator = true")
-        for key, value in site.items():
-            lines.append(f"{key} = {json.dumps(value)}")
-    path = tmp_path / "fedsim.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def ssh_site(name: str, host: SshHost, **extra: Any) -> dict[str, Any]:
-    return {
-        "name": name,
-        "location": f"ssh://{host.user}@{host.address}:{host.port}",
-        "ssh_key": str(host.key),
-        **extra,
-    }
-
-
-def make_home(tmp_path: Path, known_hosts: Path | None) -> Path:
-    """A HOME for fedsim with ``.ssh/known_hosts`` copied from ``known_hosts`` (or none)."""
-    home = tmp_path / "home"
-    (home / ".ssh").mkdir(parents=True, mode=0o700)
-    if known_hosts is not None:
-        shutil.copy(known_hosts, home / ".ssh" / "known_hosts")
-    return home
 
 
 def doctor_in_hub(

@@ -156,7 +156,7 @@ def test_a_workflows_sites_are_opened_once_and_reused(
 
         def __getattr__(self, attr: str) -> Any:
             method = getattr(self._inner, attr)
-            if callable(method):
+            if callable(method) and attr != "describe":  # a query, asked by every summary
                 calls.append((self._inner.name, attr))
             return method
 

@@ -10,8 +10,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from fedsim.relay import RelayServer, RelayState, Routing
 from fedsim.relay.client import RelayClient
+from fedsim.relay.routing import Routing
+from fedsim.relay.server import RelayServer
+from fedsim.relay.state import RelayState
 
 SITES = ("hub", "clinic", "lab")
 TOKENS = {"hub": "token-hub-1", "clinic": "token-clinic-2", "lab": "token-lab-3"}

@@ -17,9 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from fedsim.relay import RelayServer, RelayState, Routing
 from fedsim.relay.client import RelayClient, RelayRefused
 from fedsim.relay.limits import MiB, RelayLimits
+from fedsim.relay.routing import Routing
+from fedsim.relay.server import RelayServer
+from fedsim.relay.state import RelayState
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -18,10 +18,11 @@ import httpx
 import pytest
 
 from fedsim.agent.launch import AgentLaunch
-from fedsim.relay import RelayServer, RelayState, Routing
 from fedsim.relay.client import RelayClient, pinned_context
 from fedsim.relay.limits import RelayLimits
-from fedsim.relay.server import TlsListen
+from fedsim.relay.routing import Routing
+from fedsim.relay.server import RelayServer, TlsListen
+from fedsim.relay.state import RelayState
 from fedsim.relay.tls import RunCA
 
 SITES = ("hub", "clinic", "lab")

@@ -144,10 +144,6 @@ and an alias in ``~/.ssh/config`` is matched as written. A host or user starting
 is refused: it would read as an option to ``ssh``."""
 DEFAULT_WORKDIR = "~/.fedsim"
 SSH_ONLY_KEYS = ("ssh_key", "workdir", "ssh_accept_new")
-SSH_NOT_YET = (
-    "SSH placement is not available yet in this version: `fedsim doctor` can check the host, "
-    "`fedsim run` cannot place a site there; remove location to run the site locally"
-)
 
 
 @dataclass(frozen=True)
@@ -202,13 +198,10 @@ def parse_location(value: str) -> tuple[str, str | None, int | None] | None:
     return host, match["user"], port
 
 
-def _check_location(value: str | None, info: ValidationInfo) -> str | None:
-    """Parsed now so that a typo is a config fault; refused for ``fedsim run`` until SSH
-    placement exists, rather than silently running the site locally."""
-    if value is None or parse_location(value) is None:
-        return value
-    if not ((info.context or {}).get("allow_ssh", False)):
-        raise ValueError(SSH_NOT_YET)
+def _check_location(value: str | None) -> str | None:
+    """Parsed now so that a typo is a config fault, not a failed connection later."""
+    if value is not None:
+        parse_location(value)
     return value
 
 
@@ -645,12 +638,8 @@ def format_validation_error(source: Path, exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def load_config(path: str | os.PathLike[str], *, allow_ssh: bool = False) -> RunConfig:
+def load_config(path: str | os.PathLike[str]) -> RunConfig:
     """Read and check a run config; raise ConfigError naming the file and field on any problem.
-
-    ``allow_ssh``: accept sites with an ``ssh://`` location. Only ``fedsim doctor`` does so
-    for now; a run cannot place a site on an SSH host yet, and says so here, before
-    anything starts.
 
     A config that cannot be read at all gives one line too: a device such as ``/dev/zero``
     would otherwise be read forever, and a directory or bytes that are not UTF-8 would end
@@ -677,9 +666,7 @@ def load_config(path: str | os.PathLike[str], *, allow_ssh: bool = False) -> Run
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
     try:
-        return RunConfig.model_validate(
-            raw, context={"base_dir": source.resolve().parent, "allow_ssh": allow_ssh}
-        )
+        return RunConfig.model_validate(raw, context={"base_dir": source.resolve().parent})
     except ValidationError as exc:
         raise ConfigError(format_validation_error(source, exc)) from exc
 

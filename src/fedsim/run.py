@@ -11,6 +11,7 @@ further signals, so nothing is lost or left running.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import secrets
 import shutil
@@ -44,10 +45,13 @@ from fedsim.logs import (
     site_logger,
 )
 from fedsim.pythons import find_python
-from fedsim.relay import RelayServer, RelayState, Routing
+from fedsim.relay.routing import Routing
+from fedsim.relay.server import RelayServer, TlsListen
+from fedsim.relay.state import RelayState
+from fedsim.relay.tls import RunCA, ServerCertificate
 from fedsim.rundir import RunDir, directory_digest, iso, new_run_id
 from fedsim.safefiles import Skipped, copy_tree
-from fedsim.sites.base import AgentLaunch, AppBundle, Placement, RunningSite, SiteStep
+from fedsim.sites.base import AgentLaunch, AppBundle, Placement, RelayTls, RunningSite, SiteStep
 from fedsim.sites.factory import make_placements
 from fedsim.sites.group import SiteGroup
 from fedsim.stopping import Stopper, StopSignal
@@ -112,7 +116,9 @@ class SiteRecord:
     skipped_outputs: list[Skipped] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def on_line(self, line: str) -> None:
+    def on_line(self, line: str, at: float | None = None) -> None:
+        """``at``: when the site printed it, if its placement knows (a remote site's clock,
+        corrected); else now."""
         component, level, message = parse_site_line(line)
         site_logger().log(level, "%s", message, extra={"site": self.name, "component": component})
         with self.lock:
@@ -120,7 +126,7 @@ class SiteRecord:
             # appended line by line: a site's log is complete on disk whenever it is read
             for path in self.log_paths:
                 with path.open("a", encoding="utf-8") as log_file:
-                    log_file.write(f"{iso(time.time())} {component:<6} {message}\n")
+                    log_file.write(f"{iso(at or time.time())} {component:<6} {message}\n")
 
     def tail_text(self) -> str:
         with self.lock:
@@ -161,12 +167,15 @@ class Run:
         self.status = "running"
         self.error: str | None = None
         self._sites: SiteGroup | None = None
+        self._relay_tls: tuple[RunCA, ServerCertificate] | None = None
         self._stopper = Stopper()
 
     # --- the record ------------------------------------------------------------------------
 
     def _site_summary(self, name: str, traffic: dict[str, list[int]]) -> dict[str, Any]:
         """``traffic``: site -> [messages sent, bytes sent, messages received, bytes received]."""
+        placement = self._sites.placements.get(name) if self._sites is not None else None
+        where = {"placement": placement.describe() if placement is not None else {}}
         ran = [s for s in self.steps if name in s.sites]
         sent_n, sent_b, received_n, received_b = traffic.get(name, [0, 0, 0, 0])
         counts = {
@@ -186,6 +195,7 @@ class Run:
                 "app": {},
                 "memory": {},
                 "skipped_outputs": [],
+                **where,
             }
         last = ran[-1].sites[name]
         state = ran[-1].relay_state
@@ -206,6 +216,7 @@ class Run:
                 for s in ran
                 for k in s.sites[name].skipped_outputs
             ],
+            **where,
         }
 
     def summary(self) -> dict[str, Any]:
@@ -287,6 +298,11 @@ class Run:
             private = Path(tempfile.mkdtemp(prefix="fedsim-"))  # sockets, tokens: not recorded
             try:
                 self._sites = make_placements(self.config, private, self.run_id)
+                if self._sites.remote:  # sites elsewhere reach the relay over TLS
+                    ca = RunCA.create(
+                        private, self.run_id, dt.timedelta(seconds=self.config.timeout)
+                    )
+                    self._relay_tls = (ca, ca.issue_server(private))
                 for step in self.steps:  # all environments first: a bad one fails fast
                     python = step.config.python
                     step.env = ensure_app_env(
@@ -360,7 +376,7 @@ class Run:
         relay: RelayServer | None = None
         try:
             relay = self._start_relay(step, private / f"step-{step.index}")
-            self._start_sites(step, relay.socket_path)
+            self._start_sites(step, relay)
             self._watch(step)
             step.status = "finished"
         except BaseException:
@@ -382,7 +398,11 @@ class Run:
         step.relay_state = RelayState(
             Routing(names, self.config.coordinator.name), tokens, capture_dir=capture
         )
-        relay = RelayServer(step.relay_state, private / "relay.sock")
+        tls = None
+        if self._relay_tls is not None:
+            cert = self._relay_tls[1]
+            tls = TlsListen("127.0.0.1", 0, cert.cert_file, cert.key_file)
+        relay = RelayServer(step.relay_state, private / "relay.sock", tls=tls)
         relay.start()
         relay.socket_path.chmod(0o666)  # agents run as their own uids; the folder is private
         log.info("relay listening on %s", relay.socket_path, extra={"component": "relay"})
@@ -396,10 +416,13 @@ class Run:
         previous = self.steps[step.index - 2]
         return [self.run_dir.step_site_dir(site, previous.label) / "output"], step.config.inputs
 
-    def _start_sites(self, step: StepRecord, relay_socket: Path) -> None:
+    def _start_sites(self, step: StepRecord, relay: RelayServer) -> None:
         """Inputs in place at every site, then every site started, all at once."""
         assert step.relay_state is not None and step.env is not None
-        assert self._sites is not None
+        assert self._sites is not None and relay.socket_path is not None
+        relay_tls = None
+        if self._relay_tls is not None and relay.port is not None:
+            relay_tls = RelayTls(relay.port, self._relay_tls[0].cert_pem)
         tokens = step.relay_state.tokens
         app = self._app_bundle(step)
         configs = {cfg.name: cfg for cfg in self.config.sites}
@@ -419,10 +442,11 @@ class Run:
             rec = step.sites[name]
             site_step = SiteStep(
                 app=app,
-                relay_socket=relay_socket,
+                relay_socket=relay.socket_path,
                 output_dir=rec.output_dir,
                 token=tokens[name],
                 env_file=configs[name].env_file,
+                relay_tls=relay_tls,
             )
             rec.running = placement.spawn(agent_launch(self.config, name), site_step, rec.on_line)
             rec.status, rec.started = "running", time.time()

@@ -24,7 +24,7 @@ from typing import Any
 
 import tomli_w
 
-from fedsim.relay import TrafficRecord
+from fedsim.relay.state import TrafficRecord
 from fedsim.safefiles import Skipped, zip_tree
 
 SUMMARY = "summary.json"

@@ -44,7 +44,7 @@ def doctor(
     from fedsim.doctor import check_sites
     from fedsim.errors import ExitCode
 
-    cfg = load_config(config, allow_ssh=True)
+    cfg = load_config(config)
     rows = check_sites(cfg, timeout=timeout, ssh_config=ssh_config or None)
     if json_output:
         stdout.print_json(json.dumps({"sites": [row.as_json() for row in rows]}))

@@ -1,7 +1,5 @@
-"""The relay: routes opaque messages between site agents, authenticated per site."""
+"""The relay: routes opaque messages between site agents, authenticated per site.
 
-from fedsim.relay.routing import Routing
-from fedsim.relay.server import RelayServer
-from fedsim.relay.state import RelayState, TrafficRecord
-
-__all__ = ["RelayServer", "RelayState", "Routing", "TrafficRecord"]
+Nothing is imported here: the agent imports ``fedsim.relay.client`` and ``limits`` at a
+remote site, where the server's libraries (uvicorn, starlette) are not installed.
+"""

@@ -29,7 +29,7 @@ from starlette.routing import Route
 
 from fedsim.logs import get_logger
 from fedsim.relay.body import ClientGone, read_body
-from fedsim.relay.kinds import APP_KIND
+from fedsim.relay.kinds import APP_KIND, KIND_HEADER, MEMO_HEADER, SENDER_HEADER
 from fedsim.relay.state import RelayState
 from fedsim.relay.validation import (
     MAX_WAIT,
@@ -43,10 +43,6 @@ from fedsim.relay.validation import (
     parse_wait,
     printable,
 )
-
-SENDER_HEADER = "X-Fedsim-Sender"
-KIND_HEADER = "X-Fedsim-Kind"
-MEMO_HEADER = "X-Fedsim-Memo"
 
 __all__ = ["KIND_HEADER", "MAX_WAIT", "MEMO_HEADER", "SENDER_HEADER", "create_app"]
 

@@ -11,8 +11,7 @@ from urllib.parse import unquote
 import httpx
 
 from fedsim.agent.launch import parse_relay_url
-from fedsim.relay.app import KIND_HEADER, MEMO_HEADER, SENDER_HEADER
-from fedsim.relay.kinds import APP_KIND
+from fedsim.relay.kinds import APP_KIND, KIND_HEADER, MEMO_HEADER, SENDER_HEADER
 
 
 class RelayRefused(httpx.HTTPStatusError):
@@ -62,15 +61,17 @@ def pinned_context(ca_pem: str) -> ssl.SSLContext:
 
 def relay_transport(relay: str, ca_pem: str | None) -> tuple[httpx.HTTPTransport, str]:
     """(transport, base URL) for ``relay``: a Unix socket path, or a relay URL
-    (``unix:///PATH``; ``https://HOST:PORT`` with ``ca_pem`` pinned)."""
+    (``unix:///PATH``; ``https://HOST:PORT`` or ``https+unix:///PATH`` with ``ca_pem``
+    pinned)."""
     if "://" not in relay:
         relay = f"unix://{relay}"
     address = parse_relay_url(relay)
-    if address.socket_path is not None:
+    if address.socket_path is not None and not address.tls:
         return httpx.HTTPTransport(uds=address.socket_path), address.base_url
     if not ca_pem:
         raise ValueError(f"the relay {relay} needs the run's CA certificate to be pinned")
-    return httpx.HTTPTransport(verify=pinned_context(ca_pem)), address.base_url
+    transport = httpx.HTTPTransport(uds=address.socket_path, verify=pinned_context(ca_pem))
+    return transport, address.base_url
 
 
 class RelayClient:

@@ -1,4 +1,5 @@
-"""The kinds of message the relay carries; one place, so the relay and the agents agree."""
+"""The kinds of message the relay carries and the headers that describe a delivered one: one
+place, so the relay and the agents agree (and the agent need not import the server)."""
 
 from __future__ import annotations
 
@@ -12,3 +13,7 @@ PARTIAL_KIND = "smpc-partial"
 KINDS = frozenset({APP_KIND, SHARE_KIND, PARTIAL_KIND})
 COORDINATOR_ONLY_KINDS = frozenset({PARTIAL_KIND})
 """Kinds whose only legitimate receiver is the coordinator: anything else is a forgery."""
+
+SENDER_HEADER = "X-Fedsim-Sender"
+KIND_HEADER = "X-Fedsim-Kind"
+MEMO_HEADER = "X-Fedsim-Memo"

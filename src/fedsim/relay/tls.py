@@ -27,11 +27,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from fedsim.agent.launch import RELAY_TLS_NAME
 from fedsim.logs import get_logger
 
 log = get_logger("relay")
 
-DEFAULT_HOSTS = ("localhost", "127.0.0.1", "::1")
+DEFAULT_HOSTS = (RELAY_TLS_NAME, "localhost", "127.0.0.1", "::1")
+"""``relay``: the name agents check when TLS runs through a socket (an SSH forward)."""
 CLOCK_SKEW = dt.timedelta(minutes=5)
 """Certificates are valid from a little before now: a remote site's clock may run behind."""
 MARGIN = dt.timedelta(days=1)

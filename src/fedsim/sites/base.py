@@ -16,10 +16,10 @@ an ``AgentLaunch``, which names none of them, so that it can travel to another m
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from fedsim.agent.launch import DEFAULT_RELAY_URL, AgentLaunch
 from fedsim.safefiles import Skipped
@@ -30,12 +30,17 @@ __all__ = [
     "AppBundle",
     "LineSink",
     "Placement",
+    "RelayTls",
     "RunningSite",
     "SiteStep",
 ]
 
-LineSink = Callable[[str], None]
-"""Receives each line a site prints, as ``component<TAB>LEVEL<TAB>message`` (``logs.py``)."""
+
+class LineSink(Protocol):
+    """Receives each line a site prints, as ``component<TAB>LEVEL<TAB>message`` (``logs.py``),
+    with when it was printed (this machine's clock) if the placement knows better than now."""
+
+    def __call__(self, line: str, at: float | None = None, /) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,15 @@ class AppBundle:
 
     app_dir: Path
     env: Path
+
+
+@dataclass(frozen=True)
+class RelayTls:
+    """The relay's TLS listener on this machine's loopback, for sites that reach it through
+    a forward (``port``), and the run's CA that agents pin (``ca_pem``, public)."""
+
+    port: int
+    ca_pem: str
 
 
 @dataclass(frozen=True)
@@ -61,6 +75,8 @@ class SiteStep:
     output_dir: Path
     token: str = field(repr=False)
     env_file: Path | None = None
+    relay_tls: RelayTls | None = None
+    """Set when some placement of the run is ``remote``."""
 
 
 class RunningSite(Protocol):
@@ -88,6 +104,11 @@ class Placement(Protocol):
     """Where one site lives for the length of a run."""
 
     name: str
+    remote: bool
+    """Reaches the relay over TLS (``SiteStep.relay_tls``), not through a socket here."""
+
+    def describe(self) -> dict[str, Any]:
+        """Where the site lived, for ``summary.json`` (kind, location, sandboxed, clock)."""
 
     def open(self) -> None:
         """Make the place (its network, its folders); undone by ``close``."""

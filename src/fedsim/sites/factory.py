@@ -30,14 +30,21 @@ def _local(config: RunConfig, sites: Sequence[SiteConfig], workdir: Path, run_id
     return LocalFamily(config, sites, workdir, run_id)
 
 
+def _ssh(config: RunConfig, sites: Sequence[SiteConfig], workdir: Path, run_id: str) -> Family:
+    from fedsim.sites.ssh import SshFamily
+
+    return SshFamily(config, sites, workdir, run_id)
+
+
 KINDS: dict[str, Callable[[RunConfig, Sequence[SiteConfig], Path, str], Family]] = {
     "local": _local,
+    "ssh": _ssh,
 }
 
 
 def site_kind(site: SiteConfig) -> str:
-    """Where the config puts a site: every site is local until the config can say otherwise."""
-    return getattr(site, "kind", None) or "local"
+    """Where the config puts a site: ``ssh`` for an ``ssh://`` location, else local."""
+    return "ssh" if site.ssh is not None else "local"
 
 
 def make_placements(config: RunConfig, workdir: Path, run_id: str) -> SiteGroup:

@@ -83,6 +83,11 @@ class SiteGroup:
             raise errors[0]
         return results
 
+    @property
+    def remote(self) -> bool:
+        """Some site reaches the relay over TLS: the run's relay listens for it."""
+        return any(p.remote for p in self.placements.values())
+
     def open(self) -> None:
         """Open every site; when one cannot be opened, the others are closed again."""
         try:

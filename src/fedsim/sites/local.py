@@ -18,7 +18,7 @@ import os
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fedsim.errors import SandboxError
 from fedsim.logs import get_logger
@@ -82,6 +82,8 @@ class LocalFamily:
 class LocalPlacement:
     """One site on this machine (see the module docstring)."""
 
+    remote = False
+
     def __init__(
         self,
         name: str,
@@ -103,6 +105,9 @@ class LocalPlacement:
         self._prepared: set[AppBundle] = set()
         self._step = 0
         self._running: LocalRunningSite | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "local", "sandboxed": True}
 
     def open(self) -> None:
         self._dir.mkdir(parents=True, mode=0o700)

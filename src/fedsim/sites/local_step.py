@@ -17,7 +17,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import fedsim
@@ -45,7 +45,7 @@ from fedsim.sites.uids import SiteUids
 
 log = get_logger("site")
 
-RELAY_URL = f"unix://{CONTROL_DIR}/relay.sock"
+RELAY_SOCKET = f"{CONTROL_DIR}/relay.sock"
 LAUNCH_FILE = f"{CONTROL_DIR}/launch.json"
 TOKEN_FILE = f"{CONTROL_DIR}/token"
 LAUNCHER_DIR = "/run/fedsim-app"
@@ -78,8 +78,8 @@ def venv_base_dirs(env: Path) -> list[Path]:
 
 def launch_bytes(launch: AgentLaunch) -> bytes:
     """Exactly what a local agent reads: the description, with the relay where this
-    placement binds it."""
-    return replace(launch, relay_url=RELAY_URL).to_json().encode()
+    placement binds it (TLS through the socket kept, for a relay at the end of a forward)."""
+    return launch.at_socket(RELAY_SOCKET).to_json().encode()
 
 
 @dataclass(frozen=True)
@@ -275,7 +275,7 @@ class LocalRunningSite:
             hostname=site.name,
             binds=[Bind(launch_file, LAUNCH_FILE), Bind(token_file, TOKEN_FILE)],
             runtime_dirs=fedsim_runtime_dirs(),
-            sockets={RELAY_URL.removeprefix("unix://"): self._step.relay_socket},
+            sockets={RELAY_SOCKET: self._step.relay_socket},
             data_fds={dest: data_fd(text.encode()) for dest, text in identity.items()},
             uid=uid,
             new_network=False,

@@ -32,6 +32,10 @@ CONNECT_TIMEOUT = 15.0
 """Seconds for the TCP connection and the SSH handshake: a host whose link is cut answers
 nothing at all, and must not hold up the other sites for the kernel's minutes of retries."""
 DEFAULT_KNOWN_HOSTS = Path("~/.ssh/known_hosts")
+KEEPALIVE_INTERVAL = 1.0
+KEEPALIVE_COUNT_MAX = 3
+"""A host that answers no keepalive for about this many intervals is gone: a cut link sends
+nothing at all (no reset, no FIN), and a run must fail within seconds, not TCP's minutes."""
 
 
 @dataclass
@@ -169,6 +173,8 @@ async def connect(
         "config": [str(p) for p in ssh_config] if ssh_config is not None else (),
         "connect_timeout": timeout,
         "client_factory": lambda: _Client(verdict),
+        "keepalive_interval": KEEPALIVE_INTERVAL,
+        "keepalive_count_max": KEEPALIVE_COUNT_MAX,
     }
     if target.key is not None:
         # the config's key only, as ssh -i with IdentitiesOnly: an agent's keys are not

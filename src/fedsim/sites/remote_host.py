@@ -1,0 +1,198 @@
+"""The far end of a remote site: run at the site's host, it keeps that site for the run.
+
+An SSH placement (``ssh.py``) starts this once per site and run, in the agent environment
+that provisioning installed there, and talks to it over the SSH channel's stdin and stdout,
+one JSON object per line. It holds the site exactly as a local site is held on the
+orchestrator's machine (``local.py``: the network of its own, the app and agent sandboxes,
+their uids, the seccomp filter and the limits), so a site is separated the same way wherever
+it lives; only the files reach it differently (uploaded beforehand by the placement).
+
+Requests: ``{"id": N, "op": ..., ...}``; every request gets ``{"reply": N, ...}`` with
+``"error"`` when it failed. Unasked, it sends ``{"line": ..., "t": ...}`` for every line the
+site prints (stamped with this host's clock: the orchestrator corrects for the offset) and
+``{"exit": CODE, "failure": ..., "memory": {...}}`` when a step's agent ends. When its input
+closes (the connection is gone), it stops the site and exits: nothing of a run stays behind.
+Imports only what the agent environment holds (no config, no relay server).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import IO, Any
+
+from fedsim.agent.launch import AgentLaunch
+from fedsim.logs import FIELD_SEPARATOR
+from fedsim.sites.base import AppBundle, SiteStep
+from fedsim.sites.limits import Limits
+from fedsim.sites.local import LocalPlacement
+from fedsim.sites.local_step import LocalRunningSite
+from fedsim.sites.sandbox import bwrap_path, running_as_root
+from fedsim.sites.seccomp import write_filter
+from fedsim.sites.uids import UidBlock
+
+WATCH_INTERVAL = 0.05
+
+
+class Channel:
+    """Writes whole JSON lines to the orchestrator, from any thread."""
+
+    def __init__(self, out: IO[str]) -> None:
+        self._out = out
+        self._lock = threading.Lock()
+
+    def send(self, message: dict[str, Any]) -> None:
+        text = json.dumps(message, separators=(",", ":"))
+        with self._lock:
+            self._out.write(text + "\n")
+            self._out.flush()
+
+    def line(self, line: str) -> None:
+        self.send({"line": line, "t": time.time()})
+
+
+class _ToChannel(logging.Handler):
+    """fedsim's own records at this host (limits, cleanup) become the site's lines."""
+
+    def __init__(self, channel: Channel) -> None:
+        super().__init__(logging.INFO)
+        self._channel = channel
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage().replace("\n", " ")
+        self._channel.line(FIELD_SEPARATOR.join(("site", record.levelname, message)))
+
+
+class SiteHost:
+    """One site for the length of a run, driven by requests (see the module docstring)."""
+
+    def __init__(self, channel: Channel) -> None:
+        self._channel = channel
+        self._placement: LocalPlacement | None = None
+        self._uids: UidBlock | None = None
+        self._running: LocalRunningSite | None = None
+        self._watcher: threading.Thread | None = None
+
+    def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+        op = request.get("op")
+        handler = getattr(self, f"op_{op}", None)
+        if handler is None:
+            raise ValueError(f"unknown request {op!r}")
+        return handler(request) or {}
+
+    def op_open(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The site's folder and network; answers with this host's clock and abilities."""
+        bwrap_path()  # no bubblewrap here: said plainly, before anything is made
+        site_dir = Path(request["dir"])
+        site_dir.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._uids = UidBlock(1) if running_as_root() else None
+        seccomp = write_filter(site_dir.parent / f"{request['site']}.seccomp.bpf")
+        self._placement = LocalPlacement(
+            request["site"],
+            site_dir,
+            limits=Limits(**request["limits"]),
+            uids=None if self._uids is None else self._uids.site(0),
+            seccomp_filter=seccomp,
+            run_id=request["run_id"],
+        )
+        self._placement.open()
+        return {"time": time.time(), "sandboxed": True}
+
+    def _site(self) -> LocalPlacement:
+        if self._placement is None:
+            raise ValueError("the site is not open")
+        return self._placement
+
+    def op_prepare(self, request: dict[str, Any]) -> None:
+        self._site().prepare(AppBundle(Path(request["app_dir"]), Path(request["env"])))
+
+    def op_inputs(self, request: dict[str, Any]) -> None:
+        self._site().put_inputs([Path(p) for p in request["inputs"]])
+
+    def op_spawn(self, request: dict[str, Any]) -> None:
+        site = self._site()
+        env_file = request.get("env_file")
+        step = SiteStep(
+            app=AppBundle(Path(request["app_dir"]), Path(request["env"])),
+            relay_socket=Path(request["relay_socket"]),
+            output_dir=Path(request["output_dir"]),
+            token=request["token"],
+            env_file=None if env_file is None else Path(env_file),
+        )
+        launch = AgentLaunch.from_json(request["launch"])
+        # sshd made the forward's socket for this login only; the agent runs as its own uid,
+        # and the folder around it is private
+        step.relay_socket.chmod(0o666)
+        self._running = site.spawn(launch, step, self._channel.line)
+        self._watcher = threading.Thread(
+            target=self._watch, args=(self._running,), name="watch", daemon=True
+        )
+        self._watcher.start()
+
+    def _watch(self, running: LocalRunningSite) -> None:
+        """Says once when the step's agent ended, with how and why."""
+        while (code := running.poll()) is None:
+            time.sleep(WATCH_INTERVAL)
+        self._channel.send({"exit": code, "failure": running.failure(), "memory": running.memory()})
+
+    def op_stop(self, _: dict[str, Any]) -> None:
+        if self._running is not None:
+            self._running.stop()
+
+    def op_collect(self, request: dict[str, Any]) -> dict[str, Any]:
+        """After the step: the output made safe to copy (links and the like pruned, given
+        back to this user); the placement then downloads it."""
+        self.op_stop(request)
+        skipped = self._site().fetch_outputs(Path(request["output_dir"]))
+        return {"skipped": [[s.path, s.reason] for s in skipped]}
+
+    def op_close(self, _: dict[str, Any]) -> None:
+        """Answered, then the loop ends and ``close`` runs."""
+
+    def close(self) -> None:
+        if self._placement is not None:
+            self._placement.close()
+        if self._uids is not None:
+            self._uids.close()
+
+
+def serve(inp: IO[str], out: IO[str]) -> None:
+    channel = Channel(out)
+    root = logging.getLogger("fedsim")
+    root.addHandler(_ToChannel(channel))
+    root.setLevel(logging.INFO)
+    host = SiteHost(channel)
+    try:
+        for text in inp:
+            if not text.strip():
+                continue
+            request = json.loads(text)
+            try:
+                answer = {"reply": request.get("id"), **host.handle(request)}
+            except Exception as exc:  # the orchestrator reports it, naming the site
+                answer = {"reply": request.get("id"), "error": f"{type(exc).__name__}: {exc}"}
+            channel.send(answer)
+            if request.get("op") == "close":
+                break
+    finally:
+        host.close()
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def main() -> None:
+    # the connection dropping hangs up on us: stop the site on the way out
+    for signum in (signal.SIGHUP, signal.SIGTERM):
+        signal.signal(signum, _exit_on_signal)
+    serve(sys.stdin, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()
