@@ -10,18 +10,22 @@ import os
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
+import tomli_w
+import yaml
 
 from fedsim.appenv import cache_root
 from fedsim.sites.wheelhouse import agent_wheelhouse, app_wheelhouse
-from tests.conftest import ROOT, run_dir_of
+from tests.conftest import BEHAVE_APP, MEAN_APP, ROOT, run_dir_of
 from tests.ssh_configs import make_home, ssh_site, write_config
 from tests.sshd_hosts import SshHost, SshNetwork, ssh_network
+from tests.test_controller import workflow_config
 
 EXAMPLE = ROOT / "examples" / "mean"
 TOLERANCE = 1e-12  # relative: sums of a few hundred floats in another order
@@ -40,7 +44,7 @@ def home(tmp_path_factory: pytest.TempPathFactory, hosts, app_environment: Path)
     no network, and building them (like building the app's environment) may need pip's
     index, which only the test's own process may reach."""
     agent_wheelhouse()
-    app_wheelhouse(app_environment)
+    app_wheelhouse(app_environment)  # the mean app's and the behave app's: the same
     network, _ = hosts
     return make_home(tmp_path_factory.mktemp("ssh-home"), network.known_hosts)
 
@@ -132,38 +136,28 @@ def test_a_host_whose_link_is_cut_fails_the_run_within_seconds(
     hosts, home: Path, tmp_path: Path
 ) -> None:
     """Cut, not a polite sshd exit: the host just stops answering. The run names the site
-    and the host, and still collects the other sites' logs."""
+    and the host, and still collects the other sites' logs. Every site's app waits in its
+    first state (the test app ``behave`` with ``hang``), so the cut falls mid-run."""
     network, (a, b, c) = hosts
-    slow = "shorten_waits = false\n"
-    sites = [
-        {**ssh_site("site-a", a), "inputs": [str(DATA["site-a"])]},
-        {**ssh_site("site-b", b), "inputs": [str(DATA["site-b"])]},
-        {**ssh_site("site-c", c), "inputs": [str(DATA["site-c"])]},
-    ]
-    config = sites_config(tmp_path, sites, head=slow)
+    sites = []
+    for name, host in (("site-a", a), ("site-b", b), ("site-c", c)):
+        data = tmp_path / "data" / name
+        data.mkdir(parents=True)
+        (data / "config.yml").write_text(yaml.safe_dump({"behave": {"value": 1, "hang": True}}))
+        sites.append({**ssh_site(name, host), "inputs": [str(data)]})
+    config = sites_config(tmp_path, sites).read_text().replace(str(MEAN_APP), str(BEHAVE_APP))
+    (tmp_path / "fedsim.toml").write_text(config)
     env = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
     env.update(HOME=str(home), FEDSIM_CACHE_DIR=str(cache_root()))
     process = subprocess.Popen(
-        network.in_hub([sys.executable, "-m", "fedsim", "run", str(config)]),
+        network.in_hub([sys.executable, "-m", "fedsim", "run", str(tmp_path / "fedsim.toml")]),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=env,
     )
     try:
-        runs = tmp_path / "runs"
-        deadline = time.monotonic() + 240
-        started = None
-        while time.monotonic() < deadline and started is None:
-            for summary_file in runs.glob("*/summary.json"):
-                try:
-                    summary = json.loads(summary_file.read_text())
-                except ValueError:
-                    continue
-                if summary["sites"]["site-c"]["status"] == "running":
-                    started = summary_file.parent
-            time.sleep(0.2)
-        assert started is not None, "site-c never started"
+        run_dir = wait_until_running(tmp_path / "runs", "site-c", process)
         c.cut_link()
         cut = time.monotonic()
         _, stderr = process.communicate(timeout=120)
@@ -177,8 +171,85 @@ def test_a_host_whose_link_is_cut_fails_the_run_within_seconds(
     flat = " ".join(stderr.split())
     assert "site site-c" in flat and c.address in flat, stderr[-3000:]
     assert elapsed < 20, f"the run took {elapsed:.1f} s to notice the cut"
-    summary = json.loads((started / "summary.json").read_text())
+    print(f"cut noticed and the run ended {elapsed:.1f} s after the cut")
+    summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "failed"
     assert summary["sites"]["site-c"]["status"] == "failed"
     for name in ("site-a", "site-b"):
-        assert (started / "sites" / name / "site.log").read_text().strip()
+        assert "app" in (run_dir / "sites" / name / "site.log").read_text()
+
+
+def wait_until_running(runs: Path, site: str, process: subprocess.Popen[str]) -> Path:
+    """The run's folder, once ``site``'s app has reported a state (it runs at its host)."""
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        for summary_file in runs.glob("*/summary.json"):
+            try:
+                summary = json.loads(summary_file.read_text())
+            except ValueError:
+                continue
+            if summary["sites"][site]["status"] == "running":
+                log = summary_file.parent / "sites" / site / "site.log"
+                if log.is_file() and " app " in log.read_text():
+                    return summary_file.parent
+        time.sleep(0.2)
+    stderr = process.stderr.read() if process.poll() is not None and process.stderr else ""
+    raise AssertionError(f"{site} never ran: {stderr[-3000:]}")
+
+
+def test_provisioning_twice_changes_nothing_the_second_time(
+    ssh_hosts: SshNetwork, tmp_path: Path, app_environment: Path
+) -> None:
+    """A fresh host, with no route anywhere but the hub (so nothing can be downloaded there):
+    the first `fedsim provision` installs the agent and the app's environment from the
+    wheelhouses; the second finds both and changes nothing; doctor then sees the agent."""
+    agent_wheelhouse()
+    app_wheelhouse(app_environment)
+    (host,) = ssh_hosts(1)
+    routes = host.ssh("ip route").stdout
+    assert "default" not in routes, routes  # air-gapped: only the hub's link
+    home = make_home(tmp_path, ssh_hosts.known_hosts)
+    config = sites_config(tmp_path, [ssh_site("far", host), {"name": "near"}])
+    timings, outputs, states = [], [], []
+    for _ in range(2):
+        start = time.monotonic()
+        result = fedsim_in_hub(ssh_hosts, home, "provision", str(config))
+        timings.append(time.monotonic() - start)
+        assert result.returncode == 0, result.stderr[-3000:]
+        outputs.append(" ".join(result.stdout.split()))
+        states.append(host.ssh("ls -l --full-time -R ~/.fedsim | md5sum").stdout)
+    print(f"provisioning: cold {timings[0]:.1f} s, warm {timings[1]:.1f} s")
+    assert "1 of 1 SSH sites changed" in outputs[0] and "installed" in outputs[0]
+    assert "0 of 1 SSH sites changed" in outputs[1] and "installed" not in outputs[1]
+    assert states[0] == states[1]  # not a file touched the second time
+    envs = host.ssh("ls ~/.fedsim/envs").stdout.split()
+    assert len([e for e in envs if e.startswith("agent-")]) == 1
+    assert len([e for e in envs if e.startswith("app-")]) == 1
+    doctor = fedsim_in_hub(ssh_hosts, home, "doctor", str(config), "--json")
+    assert doctor.returncode == 0, doctor.stderr
+    rows = {row["site"]: row for row in json.loads(doctor.stdout)["sites"]}
+    assert rows["far"]["agent"] not in (None, "not provisioned")
+
+
+def test_a_two_step_workflow_on_ssh_sites(hosts, home: Path, tmp_path: Path) -> None:
+    """The site stays at its host for both steps; step 2 takes step 1's output (downloaded
+    here, uploaded again, as the run directory is the record) plus its own config."""
+    network, (a, b, c) = hosts
+    path = workflow_config(tmp_path, {"app": str(MEAN_APP)})
+    config = tomllib.loads(path.read_text())
+    for site, host in zip(config["sites"], (a, b, c), strict=True):
+        site.update(ssh_site(site["name"], host))
+    path.write_text(tomli_w.dumps(config))
+    result = fedsim_in_hub(network, home, "run", str(path))
+    assert result.returncode == 0, result.stderr[-4000:]
+    run_dir = run_dir_of(result)
+    for name in ("hub", "clinic", "lab"):
+        step1 = run_dir / "sites" / name / "steps" / "1-scale"
+        step2 = run_dir / "sites" / name / "steps" / "2-mean"
+        assert (step1 / "output" / "data.csv").is_file()
+        means = pd.read_csv(step2 / "output" / "means.csv").set_index("column")["mean"]
+        # the mean of the doubled pooled data (x: 1,3,5,7; y: 2,4,6,8), as on local sites
+        assert means["x"] == pytest.approx(8.0) and means["y"] == pytest.approx(10.0)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert [s["status"] for s in summary["steps"]] == ["finished", "finished"]
+    assert {s["placement"]["kind"] for s in summary["sites"].values()} == {"ssh"}

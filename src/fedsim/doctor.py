@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import platform
-import shlex
 import shutil
 import subprocess
 import tempfile
@@ -25,10 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from fedsim import __version__
+from fedsim.appenv import COMPLETE_MARKER
 from fedsim.config import RunConfig, SiteConfig, SshTarget
 from fedsim.errors import SiteUnreachable
 from fedsim.logs import get_logger
-from fedsim.sites.ssh_connect import CONNECT_TIMEOUT, SshSession, connect_all
+from fedsim.sites.ssh_connect import CONNECT_TIMEOUT, SshSession, connect_all, workdir_shell
 
 log = get_logger("doctor")
 
@@ -123,25 +123,20 @@ def check_local(site: SiteConfig) -> SiteHealth:
     return health
 
 
-def _workdir_shell(workdir: str) -> str:
-    """The workdir as a remote shell word: ``~`` becomes ``$HOME``, the rest is quoted."""
-    if workdir == "~":
-        return '"$HOME"'
-    if workdir.startswith("~/"):
-        return '"$HOME"/' + shlex.quote(workdir[2:])
-    return shlex.quote(workdir)
-
-
 def probe_script(workdir: str) -> str:
     """One remote shell script, one round trip: ``key=value`` lines, parsed by
     :func:`_parse_probe`. The workdir need not exist yet (provisioning makes it): the disk
     is measured at its nearest existing parent."""
     return f"""
-d={_workdir_shell(workdir)}
+d={workdir_shell(workdir)}
 while [ ! -d "$d" ]; do d=$(dirname -- "$d"); done
 echo "disk_kib=$(df -Pk -- "$d" | awk 'NR==2 {{print $4}}')"
 echo "python=$(python3 -c 'import platform; print(platform.python_version())' 2>/dev/null)"
-echo "agent=$(python3 -c 'import fedsim; print(fedsim.__version__)' 2>/dev/null)"
+for e in {workdir_shell(workdir)}/envs/agent-*; do
+    [ -f "$e/{COMPLETE_MARKER}" ] || continue
+    agent=$("$e/bin/python" -c 'import fedsim; print(fedsim.__version__)' 2>/dev/null) && break
+done
+echo "agent=${{agent:-}}"
 if command -v bwrap >/dev/null 2>&1; then echo sandbox=yes; else echo sandbox=no; fi
 """
 

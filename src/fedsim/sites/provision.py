@@ -9,17 +9,31 @@ provisioning one host take turns. Nothing is downloaded at the site (``pip --no-
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import shlex
+import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import asyncssh
 
-from fedsim.appenv import COMPLETE_MARKER
+from fedsim.appenv import COMPLETE_MARKER, ensure_app_env
 from fedsim.errors import EnvironmentBuildError
 from fedsim.logs import get_logger
-from fedsim.sites.ssh_connect import SshSession
-from fedsim.sites.wheelhouse import NO_DEPS_FILE, PIP_FILE, REQUIREMENTS_FILE, Wheelhouse
+from fedsim.pythons import find_python
+from fedsim.sites.ssh_connect import SshSession, connect, workdir_shell
+from fedsim.sites.wheelhouse import (
+    NO_DEPS_FILE,
+    PIP_FILE,
+    REQUIREMENTS_FILE,
+    Wheelhouse,
+    agent_wheelhouse,
+    app_wheelhouse,
+)
+
+if TYPE_CHECKING:
+    from fedsim.config import RunConfig, SiteConfig
 
 log = get_logger("provision")
 
@@ -69,10 +83,7 @@ class Provisioned:
 
 async def remote_home_path(session: SshSession, workdir: str) -> str:
     """The site's workdir as an absolute path (``~`` is the login's home), made 0700."""
-    if workdir.startswith("~"):  # config allows only ~ and ~/...
-        shell = '"$HOME"' + (shlex.quote(workdir[1:]) if len(workdir) > 1 else "")
-    else:
-        shell = shlex.quote(workdir)
+    shell = workdir_shell(workdir)
     result = await session.run(f"umask 077 && mkdir -p {shell} && cd {shell} && pwd -P")
     if result.exit_status != 0:
         raise EnvironmentBuildError(
@@ -137,3 +148,48 @@ async def provision(session: SshSession, wheelhouse: Wheelhouse, workdir: str) -
         )
     installed = str(result.stdout).strip().endswith("installed")
     return Provisioned(env, installed=installed, uploaded_bytes=sent)
+
+
+@dataclass(frozen=True)
+class SiteProvisioning:
+    """What ``fedsim provision`` did at one site."""
+
+    site: str
+    location: str
+    environments: dict[str, Provisioned]
+    seconds: float
+
+    @property
+    def changed(self) -> bool:
+        return any(p.installed or p.uploaded_bytes for p in self.environments.values())
+
+
+def provision_sites(config: RunConfig) -> list[SiteProvisioning]:
+    """Every SSH site of ``config`` made ready to run: the agent and every step's app
+    environment installed there (each built here first, when needed), all sites at once.
+    Local sites need nothing. Raises the first site's error, naming the site."""
+    sites = [s for s in config.sites if s.ssh is not None]
+    if not sites:
+        return []
+    envs = []
+    for step in config.workflow:
+        python = None if step.python is None else str(find_python(step.python))
+        envs.append(ensure_app_env(step.app, python=python, requirements=step.requirements))
+    wheelhouses = [agent_wheelhouse(), *dict.fromkeys(app_wheelhouse(e) for e in envs)]
+
+    async def one(site: SiteConfig) -> SiteProvisioning:
+        assert site.ssh is not None
+        start = time.monotonic()
+        session = await connect(site.name, site.ssh)
+        try:
+            workdir = await remote_home_path(session, site.ssh.workdir)
+            done = {w.key: await provision(session, w, workdir) for w in wheelhouses}
+        finally:
+            await session.close()
+        location = f"ssh://{site.ssh.address}"
+        return SiteProvisioning(site.name, location, done, time.monotonic() - start)
+
+    async def every() -> list[SiteProvisioning]:
+        return list(await asyncio.gather(*(one(s) for s in sites)))
+
+    return asyncio.run(every())

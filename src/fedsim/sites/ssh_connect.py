@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -235,3 +236,12 @@ async def connect_all(
 
     results = await asyncio.gather(*(one(n, t) for n, t in targets.items()))
     return dict(zip(targets, results, strict=True))
+
+
+def workdir_shell(workdir: str) -> str:
+    """The workdir as a remote shell word: ``~`` becomes ``$HOME``, the rest is quoted."""
+    if workdir == "~":
+        return '"$HOME"'
+    if workdir.startswith("~/"):
+        return '"$HOME"/' + shlex.quote(workdir[2:])
+    return shlex.quote(workdir)

@@ -1,0 +1,41 @@
+"""``fedsim provision CONFIG``: make every SSH site ready to run, once; again changes nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def provision(
+    config: Annotated[Path, typer.Argument(help="The run config (fedsim.toml).", readable=False)],
+) -> None:
+    """Install fedsim's agent and each app's environment at every SSH site, from wheels built
+    here (nothing is downloaded at the site). `fedsim run` does the same for what is missing."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from fedsim.cli.output import stdout
+    from fedsim.config import load_config
+    from fedsim.sites.provision import provision_sites
+
+    cfg = load_config(config)
+    rows = provision_sites(cfg)
+    if not rows:
+        stdout.print("no SSH sites in this config: nothing to provision")
+        return
+    table = Table("site", "location", "environment", "done", "uploaded", "seconds")
+    for row in rows:
+        for key, env in row.environments.items():
+            done = "installed" if env.installed else "already there"
+            sent = f"{env.uploaded_bytes / 2**20:.1f} MiB" if env.uploaded_bytes else "-"
+            table.add_row(
+                escape(row.site), escape(row.location), key, done, sent, f"{row.seconds:.1f}"
+            )
+    stdout.print(table)
+    changed = sum(row.changed for row in rows)
+    stdout.print(f"{changed} of {len(rows)} SSH sites changed")
+
+
+COMMANDS = {"provision": provision}
