@@ -11,7 +11,7 @@ import ssl
 import stat
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
@@ -221,6 +221,8 @@ def test_the_ca_in_the_launch_description_round_trips_through_json(tmp_path: Pat
         ("https://127.0.0.1:8443", None, "needs the run's CA"),
         ("https://127.0.0.1", "PEM", "want https://HOST:PORT"),
         ("https://user@127.0.0.1:1/x", "PEM", "want https://HOST:PORT"),
+        ("https+unix:///run/fedsim/relay.sock", None, "needs the run's CA"),
+        ("https+unix://host/run/x.sock", "PEM", "want https\\+unix:///PATH"),
     ],
 )
 def test_a_relay_url_without_tls_or_pinning_is_refused(
@@ -232,3 +234,25 @@ def test_a_relay_url_without_tls_or_pinning_is_refused(
     if ca is None or "http://" in url:
         with pytest.raises(ValueError, match=r"plain http|needs the run's CA"):
             RelayClient(url, "a", "token", ca_pem=None)
+
+
+def test_tls_through_a_socket_keeps_tls_where_a_sandbox_binds_it() -> None:
+    """An SSH site's agent: TLS through the socket at the end of the forward, checked against
+    the name ``relay`` in the certificate; moving the socket keeps the TLS."""
+    launch = AgentLaunch(
+        site="a",
+        clients=("a",),
+        coordinator="a",
+        relay_url="https+unix:///somewhere/relay-1.sock",
+        relay_ca="PEM",
+    )
+    moved = launch.at_socket("/run/fedsim/relay.sock")
+    address = moved.relay_address()
+    assert moved.relay_url == "https+unix:///run/fedsim/relay.sock"
+    assert (address.socket_path, address.tls, address.base_url) == (
+        "/run/fedsim/relay.sock",
+        True,
+        "https://relay",
+    )
+    plain = replace(launch, relay_url="unix:///x.sock", relay_ca=None).at_socket("/y.sock")
+    assert plain.relay_url == "unix:///y.sock"
