@@ -371,8 +371,9 @@ class SshNetwork:
         )
         _run("ip", "-n", name, "link", "set", "lo", "up")
 
-    def add_hosts(self, n: int) -> list[SshHost]:
-        """Start ``n`` more hosts (concurrently) and return them once each sshd listens."""
+    def add_hosts(self, n: int, without: Sequence[str] = ()) -> list[SshHost]:
+        """Start ``n`` more hosts (concurrently) and return them once each sshd listens.
+        ``without``: programs (absolute paths) these hosts lack: each is masked there."""
         if self.closed:
             raise SshHostsError("this network is closed")
         new: list[SshHost] = []
@@ -380,7 +381,7 @@ class SshNetwork:
             for _ in range(n):
                 new.append(self._create_host(len(self.hosts)))
             for host in new:
-                self._start_sshd(host)
+                self._start_sshd(host, without)
             for host in new:
                 self._wait_ready(host)
         except BaseException:
@@ -442,7 +443,7 @@ class SshNetwork:
         named after the namespace so ``ps`` tells one test's sshd from another's."""
         return f"/run/{namespace}"
 
-    def _start_sshd(self, host: SshHost) -> None:
+    def _start_sshd(self, host: SshHost, without: Sequence[str] = ()) -> None:
         state = host.home.parent
         inside = self._inside(host.namespace)
         hide = "\n".join(
@@ -450,6 +451,8 @@ class SshNetwork:
             for d, mode in HIDDEN.items()
         )
         system = " ".join(f"/{name}" for name in SYSTEM)
+        # an empty, non-executable file in its place: `command -v` and `which` miss it
+        mask = "\n".join(f"mount --bind /dev/null {shlex.quote(p)}" for p in without)
         checkout = shlex.quote(str(CHECKOUT))
         script = f"""set -eu
 mount -t tmpfs -o mode=0755 fedsim-run /run
@@ -463,6 +466,7 @@ for entry in /* /.[!.]*; do
     elif [ -f "$entry" ]; then mount --bind /dev/null "$entry"; fi
 done
 {hide}
+{mask}
 mount --bind {inside}/home /root
 hostname {host.hostname}
 exec {SSHD} -D -e -f {inside}/sshd_config

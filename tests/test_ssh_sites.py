@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -253,3 +254,32 @@ def test_a_two_step_workflow_on_ssh_sites(hosts, home: Path, tmp_path: Path) -> 
     summary = json.loads((run_dir / "summary.json").read_text())
     assert [s["status"] for s in summary["steps"]] == ["finished", "finished"]
     assert {s["placement"]["kind"] for s in summary["sites"].values()} == {"ssh"}
+
+
+def test_a_host_without_bubblewrap_runs_its_site_unsandboxed_and_says_so(
+    hosts, home: Path, tmp_path: Path
+) -> None:
+    """Such a host gets a site with its own network and mounts but no sandbox: the run
+    gives the same means, the console warns, the summary says ``sandboxed: false``."""
+    network, (a, _, _) = hosts
+    (bare,) = network.add_hosts(1, without=["/usr/bin/bwrap"])
+    which = "python3 -c 'import shutil; print(shutil.which(\"bwrap\"))'"
+    assert bare.ssh(which).stdout.strip() == "None"  # as fedsim looks for it
+    shutil.copy(network.known_hosts, home / ".ssh" / "known_hosts")  # the new host's key too
+    sites = [
+        {**ssh_site("site-a", bare), "inputs": [str(DATA["site-a"])]},
+        {**ssh_site("site-b", a), "inputs": [str(DATA["site-b"])]},
+        {"name": "site-c", "inputs": [str(DATA["site-c"])]},
+    ]
+    result = fedsim_in_hub(network, home, "run", str(sites_config(tmp_path, sites)))
+    assert result.returncode == 0, result.stderr[-4000:]
+    flat = " ".join(result.stderr.split())
+    assert "site site-a: no bubblewrap on this host: the site runs UNSANDBOXED" in flat
+    run_dir = run_dir_of(result)
+    assert_pooled_means(run_dir, list(DATA))
+    placements = {
+        name: site["placement"]
+        for name, site in json.loads((run_dir / "summary.json").read_text())["sites"].items()
+    }
+    assert placements["site-a"]["sandboxed"] is False
+    assert placements["site-b"]["sandboxed"] is True and placements["site-c"]["sandboxed"]

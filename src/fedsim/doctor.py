@@ -137,7 +137,8 @@ for e in {workdir_shell(workdir)}/envs/agent-*; do
     agent=$("$e/bin/python" -c 'import fedsim; print(fedsim.__version__)' 2>/dev/null) && break
 done
 echo "agent=${{agent:-}}"
-if command -v bwrap >/dev/null 2>&1; then echo sandbox=yes; else echo sandbox=no; fi
+b=$(command -v bwrap 2>/dev/null || true)
+if [ -n "$b" ] && [ -f "$b" ] && [ -x "$b" ]; then echo sandbox=yes; else echo sandbox=no; fi
 """
 
 

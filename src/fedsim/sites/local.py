@@ -148,12 +148,16 @@ class LocalPlacement:
         assert launch.site == self.name
         if self._running is not None:
             self._running.stop()  # the previous step's, should it still run
-        running = LocalRunningSite(
-            self._context, step, self._step_dir() / "input", self._step_dir() / "app"
-        )
+        running = self._running_site(step)
         self._running = running
         running.start(launch, on_line)
         return running
+
+    def _running_site(self, step: SiteStep) -> LocalRunningSite:
+        assert self._context is not None
+        return LocalRunningSite(
+            self._context, step, self._step_dir() / "input", self._step_dir() / "app"
+        )
 
     def fetch_outputs(self, dest: Path) -> list[Skipped]:
         """The app wrote its output on this machine, into the step's ``output_dir``: give it
@@ -188,16 +192,14 @@ class LocalPlacement:
         unshare = ["/usr/bin/unshare", "--net"]
         if not running_as_root():
             unshare += ["--user", "--map-current-user", "--keep-caps"]
+        script = "/usr/sbin/ip link set lo up && echo ready && exec sleep infinity"
+        return self._hold([*unshare, "--", "/bin/sh", "-c", script])
+
+    def _hold(self, argv: list[str]) -> subprocess.Popen[str]:
+        """Start ``argv``, which makes the site's namespaces, prints ``ready`` and then only
+        holds them; it dies with the thread that started it."""
         holder = subprocess.Popen(
-            [
-                "/usr/bin/setpriv",
-                "--pdeathsig=KILL",
-                *unshare,
-                "--",
-                "/bin/sh",
-                "-c",
-                "/usr/sbin/ip link set lo up && echo ready && exec sleep infinity",
-            ],
+            ["/usr/bin/setpriv", "--pdeathsig=KILL", *argv],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import signal
 import sys
 import threading
@@ -28,11 +29,12 @@ from typing import IO, Any
 
 from fedsim.agent.launch import AgentLaunch
 from fedsim.logs import FIELD_SEPARATOR
+from fedsim.sites.bare import BarePlacement
 from fedsim.sites.base import AppBundle, SiteStep
 from fedsim.sites.limits import Limits
 from fedsim.sites.local import LocalPlacement
 from fedsim.sites.local_step import LocalRunningSite
-from fedsim.sites.sandbox import bwrap_path, running_as_root
+from fedsim.sites.sandbox import running_as_root
 from fedsim.sites.seccomp import write_filter
 from fedsim.sites.uids import UidBlock
 
@@ -86,22 +88,28 @@ class SiteHost:
         return handler(request) or {}
 
     def op_open(self, request: dict[str, Any]) -> dict[str, Any]:
-        """The site's folder and network; answers with this host's clock and abilities."""
-        bwrap_path()  # no bubblewrap here: said plainly, before anything is made
+        """The site's folder and network; answers with this host's clock and whether the
+        site is sandboxed (a host without bubblewrap gets a bare site: ``bare.py``)."""
         site_dir = Path(request["dir"])
         site_dir.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._uids = UidBlock(1) if running_as_root() else None
-        seccomp = write_filter(site_dir.parent / f"{request['site']}.seccomp.bpf")
-        self._placement = LocalPlacement(
-            request["site"],
-            site_dir,
-            limits=Limits(**request["limits"]),
-            uids=None if self._uids is None else self._uids.site(0),
-            seccomp_filter=seccomp,
-            run_id=request["run_id"],
-        )
+        limits = Limits(**request["limits"])
+        sandboxed = shutil.which("bwrap") is not None
+        if sandboxed:
+            self._uids = UidBlock(1) if running_as_root() else None
+            self._placement = LocalPlacement(
+                request["site"],
+                site_dir,
+                limits=limits,
+                uids=None if self._uids is None else self._uids.site(0),
+                seccomp_filter=write_filter(site_dir.parent / f"{request['site']}.seccomp.bpf"),
+                run_id=request["run_id"],
+            )
+        else:
+            self._placement = BarePlacement(
+                request["site"], site_dir, limits=limits, run_id=request["run_id"]
+            )
         self._placement.open()
-        return {"time": time.time(), "sandboxed": True}
+        return {"time": time.time(), "sandboxed": sandboxed}
 
     def _site(self) -> LocalPlacement:
         if self._placement is None:

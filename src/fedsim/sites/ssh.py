@@ -40,6 +40,7 @@ from fedsim.config import SshTarget
 from fedsim.errors import SiteFailed, SiteUnreachable
 from fedsim.logs import FIELD_SEPARATOR, get_logger
 from fedsim.safefiles import Skipped, copy_inputs, prune_tree
+from fedsim.sites.bare import unsandboxed_warning
 from fedsim.sites.base import AgentLaunch, AppBundle, LineSink, SiteStep
 from fedsim.sites.limits import Limits
 from fedsim.sites.provision import Provisioned, provision, remote_home_path
@@ -165,6 +166,7 @@ class SshPlacement:
         self.workdir = ""
         self.folder = ""
         self.clock_offset = 0.0
+        self.sandboxed = True
         self.provisioned: dict[str, Provisioned] = {}
 
     # --- Placement -------------------------------------------------------------------------
@@ -173,7 +175,7 @@ class SshPlacement:
         return {
             "kind": "ssh",
             "location": f"ssh://{self.target.address}",
-            "sandboxed": True,
+            "sandboxed": self.sandboxed,
             "clock_offset_s": round(self.clock_offset, 4),
         }
 
@@ -196,6 +198,9 @@ class SshPlacement:
         )
         after = time.time()
         self.clock_offset = float(answer["time"]) - (before + after) / 2
+        self.sandboxed = bool(answer.get("sandboxed", False))
+        if not self.sandboxed:
+            log.warning("%s (%s)", unsandboxed_warning(self.name), self.target.address)
         log.info(
             "site %s: on %s, clock offset %+.3f s",
             self.name,
