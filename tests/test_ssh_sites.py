@@ -140,7 +140,7 @@ def test_a_host_whose_link_is_cut_fails_the_run_within_seconds(
     and the host, and still collects the other sites' logs. Every site's app waits in its
     first state (the test app ``behave`` with ``hang``), so the cut falls mid-run."""
     network, (a, b, c) = hosts
-    sites = []
+    sites: list[dict[str, Any]] = []
     for name, host in (("site-a", a), ("site-b", b), ("site-c", c)):
         data = tmp_path / "data" / name
         data.mkdir(parents=True)
@@ -159,25 +159,27 @@ def test_a_host_whose_link_is_cut_fails_the_run_within_seconds(
     )
     try:
         run_dir = wait_until_running(tmp_path / "runs", "site-c", process)
-        c.cut_link()
+        b.cut_link()
         cut = time.monotonic()
         _, stderr = process.communicate(timeout=120)
         elapsed = time.monotonic() - cut
     finally:
-        c.restore_link()
+        b.restore_link()
         if process.poll() is None:
             process.kill()
             process.communicate()
     assert process.returncode != 0
     flat = " ".join(stderr.split())
-    assert "site site-c" in flat and c.address in flat, stderr[-3000:]
+    assert "site site-b" in flat and b.address in flat, stderr[-3000:]
     assert elapsed < 20, f"the run took {elapsed:.1f} s to notice the cut"
     print(f"cut noticed and the run ended {elapsed:.1f} s after the cut")
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "failed"
-    assert summary["sites"]["site-c"]["status"] == "failed"
-    for name in ("site-a", "site-b"):
+    assert summary["sites"]["site-b"]["status"] == "failed"
+    # the sites before and after the lost one: logs and outputs collected all the same
+    for name in ("site-a", "site-c"):
         assert "app" in (run_dir / "sites" / name / "site.log").read_text()
+        assert (run_dir / "sites" / name / "results.zip").is_file()
 
 
 def wait_until_running(runs: Path, site: str, process: subprocess.Popen[str]) -> Path:

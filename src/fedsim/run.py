@@ -600,7 +600,11 @@ class Run:
             skipped: list[Skipped] = []
             if rec.running is not None and self._sites is not None:
                 # the app wrote that folder: regular files and folders only, no link followed
-                skipped += self._sites.placements[name].fetch_outputs(rec.output_dir)
+                try:
+                    skipped += self._sites.placements[name].fetch_outputs(rec.output_dir)
+                except FedsimError as exc:  # a site that is gone: the others are still fetched
+                    log.error("site %s: its outputs could not be fetched: %s", name, exc)
+                    skipped.append(Skipped(".", f"not fetched: {exc}"))
             rec.output_dir.mkdir(parents=True, exist_ok=True)
             if step.label:  # a workflow's result is its last step's output
                 final = self.run_dir.site_dir(name) / "output"
