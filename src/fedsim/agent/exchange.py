@@ -15,7 +15,6 @@ from urllib.parse import quote
 import httpx
 
 from fedsim.agent import smpc
-from fedsim.agent.dp import privatise
 from fedsim.agent.duties import Duties
 from fedsim.agent.protocol import AppStatus
 from fedsim.agent.randomness import numpy_rng, python_rng
@@ -52,6 +51,8 @@ class Exchange:
         use = str(next(self._uses))
         memo = status.memo or ""
         if status.dp:
+            from fedsim.agent.dp import privatise  # numpy: only for an app that asks for DP
+
             payload = privatise(
                 payload, status.dp, numpy_rng(self.seed, self.site, "dp", memo, use)
             )

@@ -1,15 +1,19 @@
 """Where the agent's randomness comes from: the run's seed when there is one, else the OS.
 
 With a seed, each use (site, purpose, memo, how many times before) gets its own stream, so
-the same config and seed give the same SMPC masks and DP noise, byte for byte.
+the same config and seed give the same SMPC masks and DP noise, byte for byte. numpy is
+imported only when DP noise is drawn: an agent that never adds noise (most runs) stays
+small, which counts at hundreds of sites.
 """
 
 from __future__ import annotations
 
 import hashlib
 import random
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def _derive(seed: int, *labels: str) -> int:
@@ -24,4 +28,6 @@ def python_rng(seed: int | None, *labels: str) -> random.Random:
 
 
 def numpy_rng(seed: int | None, *labels: str) -> np.random.Generator:
+    import numpy as np
+
     return np.random.default_rng(None if seed is None else _derive(seed, *labels))
