@@ -16,6 +16,8 @@ config.yml (all keys optional):
       linger: false       # a participant never reports finished after writing its result
       links: {}           # name -> target: symbolic links to leave in /mnt/output
       fifo: null          # a name: a FIFO to leave in /mnt/output (a reader would block)
+      idle: 0             # seconds to think in the first state (no message, no change);
+                          # status_polls.txt then says how often the agent asked meanwhile
 """
 
 import json
@@ -26,6 +28,8 @@ import time
 import yaml
 from FeatureCloud.app.engine.app import AppState, Role, State, app_state
 
+STATUS_POLLS = [0]
+"""GET /api/status requests seen (main.py counts them)."""
 INPUT_DIR = "/mnt/input"
 OUTPUT_DIR = "/mnt/output"
 
@@ -63,6 +67,11 @@ class First(AppState):
             raise RuntimeError(f"deliberate failure at {self.id}")
         while config.get("hang"):
             time.sleep(0.5)
+        if config.get("idle"):
+            before = STATUS_POLLS[0]
+            time.sleep(float(config["idle"]))
+            with open(os.path.join(OUTPUT_DIR, "status_polls.txt"), "w") as handle:
+                handle.write(f"{STATUS_POLLS[0] - before}\n")
         if config.get("error_state"):
             print(f"cannot reach the licence server from {self.id}; retrying", flush=True)
             self.update(message="licence check failed", state=State.ERROR)
