@@ -26,6 +26,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import tomli_w
+
 from fedsim.appenv import ensure_app_env, env_python
 from fedsim.config import load_config
 
@@ -43,14 +45,18 @@ def write_config(example: Path, out_dir: Path, shorten: bool) -> Path:
     """Copy the example config with absolute paths, output in out_dir and the switch set."""
     config = load_config(example).public_dict()  # paths come back resolved
     config.update(shorten_waits=shorten, output_dir=str(out_dir / "runs"))
-    sites = config.pop("sites")
-    # json.dumps of str/bool/number/list[str] is valid TOML
-    lines = [f"{key} = {json.dumps(value)}" for key, value in config.items()]
-    for site in sites:
-        lines += ["", "[[sites]]"] + [f"{k} = {json.dumps(v)}" for k, v in site.items()]
     path = out_dir / f"fedsim-{'short' if shorten else 'real'}.toml"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    path.write_text(tomli_w.dumps(_without_none(config)), encoding="utf-8")
     return path
+
+
+def _without_none(value: Any) -> Any:
+    """TOML has no null: a key left out means the default."""
+    if isinstance(value, dict):
+        return {k: _without_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_none(v) for v in value]
+    return value
 
 
 def site_span(summary: dict[str, Any]) -> float:

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import tomli_w
 from typer.testing import CliRunner
 
 from fedsim.cli.main import app
@@ -501,3 +502,12 @@ def test_an_ssh_key_readable_by_others_is_refused(tmp_path: Path) -> None:
     key.unlink()
     with pytest.raises(ConfigError, match=r"sites\[1\]\.ssh_key: no such file"):
         load_config(path)
+
+
+def test_the_recorded_config_loads_again(tmp_path: Path) -> None:
+    """What the run directory records (and scripts copy, such as the benchmark) is a config
+    fedsim accepts, with the same meaning."""
+    original = load_config(write(tmp_path, SSH_SITE))
+    again = tmp_path / "again.toml"
+    again.write_text(tomli_w.dumps(original.public_dict()))
+    assert load_config(again).public_dict() == original.public_dict()

@@ -451,8 +451,15 @@ class RunConfig(BaseModel):
         return resolve_limits(self.limits, site.limits)
 
     def public_dict(self) -> dict[str, Any]:
-        """The resolved config as recorded in the run directory (the TOML holds no secrets)."""
-        return self.model_dump(mode="json", exclude_none=True)
+        """The resolved config as recorded in the run directory (the TOML holds no secrets).
+        Written as TOML, it loads again: SSH-only keys are left out for local sites (where
+        the loader refuses them), as their defaults are."""
+        data = self.model_dump(mode="json", exclude_none=True)
+        for site in data.get("sites", []):
+            if not _is_ssh(site.get("location")):
+                for key in SSH_ONLY_KEYS:
+                    site.pop(key, None)
+        return data
 
 
 Loc = tuple[int | str, ...]
