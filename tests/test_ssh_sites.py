@@ -27,6 +27,7 @@ from tests.conftest import BEHAVE_APP, MEAN_APP, ROOT, run_dir_of
 from tests.ssh_configs import make_home, ssh_site, write_config
 from tests.sshd_hosts import SshHost, SshNetwork, ssh_network
 from tests.test_controller import workflow_config
+from tests.test_hostile_apps import ESCAPES, hostile_run
 
 EXAMPLE = ROOT / "examples" / "mean"
 TOLERANCE = 1e-12  # relative: sums of a few hundred floats in another order
@@ -285,3 +286,25 @@ def test_a_host_without_bubblewrap_runs_its_site_unsandboxed_and_says_so(
     }
     assert placements["site-a"]["sandboxed"] is False
     assert placements["site-b"]["sandboxed"] is True and placements["site-c"]["sandboxed"]
+
+
+def test_hostile_apps_on_ssh_sites_escape_nowhere(hosts, home: Path, tmp_path: Path) -> None:
+    """The hostile test app's escapes, at sites on SSH hosts: the site there is the local
+    kind's, so every escape must be refused there too (and the host's own secrets, its other
+    sites' inputs and the forward's socket stay out of reach)."""
+    network, (a, b, _) = hosts
+    path = hostile_run(tmp_path, 1, sites=2, linger=2, attempts=ESCAPES)
+    config = tomllib.loads(path.read_text())
+    for site, host in zip(config["sites"], (a, b), strict=True):
+        site.update(ssh_site(site["name"], host))
+    path.write_text(tomli_w.dumps(config))
+    result = fedsim_in_hub(network, home, "run", str(path))
+    assert result.returncode == 0, result.stderr[-4000:]
+    run_dir = run_dir_of(result)
+    for i in range(2):
+        escapes = json.loads(
+            (run_dir / "sites" / f"site-{i}" / "output" / "escapes.json").read_text()
+        )
+        assert set(ESCAPES) <= set(escapes)
+        escaped = {k: v["detail"] for k, v in escapes.items() if k != "uid" and not v["held"]}
+        assert not escaped, f"site-{i} escaped at its SSH host: {escaped}"
