@@ -16,7 +16,8 @@ an ``AgentLaunch``, which names none of them, so that it can travel to another m
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -33,6 +34,7 @@ __all__ = [
     "RelayTls",
     "RunningSite",
     "SiteStep",
+    "wait_by_polling",
 ]
 
 
@@ -77,6 +79,19 @@ class SiteStep:
     env_file: Path | None = None
     relay_tls: RelayTls | None = None
     """Set when some placement of the run is ``remote``."""
+
+
+def wait_by_polling(
+    poll: Callable[[], int | None], timeout: float | None, interval: float = 0.05
+) -> int | None:
+    """``RunningSite.wait`` for a site whose end is found by polling: ``poll`` until it
+    answers or ``timeout`` runs out (None: until it answers)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while (code := poll()) is None:
+        if deadline is not None and time.monotonic() >= deadline:
+            return None
+        time.sleep(interval)
+    return code
 
 
 class RunningSite(Protocol):

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import fedsim
 from fedsim.logs import get_logger
-from fedsim.sites.base import AgentLaunch, LineSink, SiteStep
+from fedsim.sites.base import AgentLaunch, LineSink, SiteStep, wait_by_polling
 from fedsim.sites.limits import Limits, SiteCgroup, format_size, rlimit_prefix, tree_size
 from fedsim.sites.sandbox import (
     APP_DIR,
@@ -169,12 +169,7 @@ class LocalRunningSite:
         return 1
 
     def wait(self, timeout: float | None = None) -> int | None:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while (code := self.poll()) is None:
-            if deadline is not None and time.monotonic() >= deadline:
-                return None
-            time.sleep(0.05)
-        return code
+        return wait_by_polling(self.poll, timeout)
 
     def failure(self) -> str | None:
         """Why the site failed, when fedsim knows better than the agent's last line."""

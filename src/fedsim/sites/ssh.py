@@ -41,7 +41,7 @@ from fedsim.errors import SiteFailed, SiteUnreachable
 from fedsim.logs import FIELD_SEPARATOR, get_logger
 from fedsim.safefiles import Skipped, copy_inputs, prune_tree
 from fedsim.sites.bare import unsandboxed_warning
-from fedsim.sites.base import AgentLaunch, AppBundle, LineSink, SiteStep
+from fedsim.sites.base import AgentLaunch, AppBundle, LineSink, SiteStep, wait_by_polling
 from fedsim.sites.limits import Limits
 from fedsim.sites.provision import Provisioned, provision, remote_home_path
 from fedsim.sites.ssh_connect import SshSession, connect
@@ -475,12 +475,7 @@ class SshRunningSite:
         return self._code
 
     def wait(self, timeout: float | None = None) -> int | None:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while (code := self.poll()) is None:
-            if deadline is not None and time.monotonic() >= deadline:
-                return None
-            time.sleep(0.05)
-        return code
+        return wait_by_polling(self.poll, timeout)
 
     def failure(self) -> str | None:
         return self._failure

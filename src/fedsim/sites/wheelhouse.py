@@ -102,24 +102,18 @@ def _pip_wheel(python: str, args: list[str], dest: Path, what: str) -> None:
         raise EnvironmentBuildError(f"building the wheels of {what} failed:\n{tail}")
 
 
-def _pip_version(python: str) -> str:
-    out = subprocess.run(
-        [python, "-c", "import pip; print(pip.__version__)"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+def _python_says(python: str, code: str) -> str:
+    """What ``code`` prints under that interpreter (its pip's version, its own)."""
+    out = subprocess.run([python, "-c", code], capture_output=True, text=True, check=True)
     return out.stdout.strip()
+
+
+def _pip_version(python: str) -> str:
+    return _python_says(python, "import pip; print(pip.__version__)")
 
 
 def _python_minor(python: str) -> str:
-    out = subprocess.run(
-        [python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return out.stdout.strip()
+    return _python_says(python, "import sys; print('%d.%d' % sys.version_info[:2])")
 
 
 def _build(key: str, python: str, what: str, fill: Callable[[Path], None]) -> Wheelhouse:
