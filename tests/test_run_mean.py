@@ -49,7 +49,19 @@ def test_run_directory_is_a_complete_record(example_run) -> None:
     assert summary["sites"]["site-a"]["coordinator"] is True
     # two participants send their sums to the coordinator, which broadcasts to both
     traffic = pd.read_csv(run_dir / "traffic.csv")
-    assert list(traffic.columns) == ["time", "sender", "receiver", "memo", "bytes", "kind", "step"]
+    assert list(traffic.columns) == [
+        "time",
+        "sender",
+        "receiver",
+        "memo",
+        "bytes",
+        "kind",
+        "step",
+        "delivered",
+        "read",
+    ]
+    # every message was delivered and read, in that order, no earlier than it was sent
+    assert (traffic.time <= traffic.delivered).all() and (traffic.delivered <= traffic.read).all()
     assert set(traffic.kind) == {"app"} and set(traffic.step) == {1}
     pairs = sorted(zip(traffic.sender, traffic.receiver, strict=True))
     assert pairs == [

@@ -6,6 +6,7 @@ twenty sites knows which line to fix; all problems are reported at once, not one
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -35,6 +36,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from fedsim.errors import ConfigError
+from fedsim.relay.network import PROFILES, LinkProfile
 from fedsim.safefiles import kind_name
 from fedsim.sites.limits import Limits, parse_size
 
@@ -120,6 +122,57 @@ class LimitsConfig(BaseModel):
     output: StrictInt | StrictStr | None = None
 
     _sizes = field_validator("memory", "tmp", "output", mode="after")(_size)
+
+
+class NetworkConfig(BaseModel):
+    """A site's link to the relay, in numbers, optionally on top of a named ``profile``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    profile: StrictStr | None = None
+    latency_ms: Annotated[Number, Field(ge=0, le=60_000)] | None = None
+    jitter_ms: Annotated[Number, Field(ge=0, le=60_000)] | None = None
+    loss: Annotated[Number, Field(ge=0, lt=1)] | None = None
+    """Probability that a 1460-byte segment is lost (and sent again, late)."""
+    up_mbit: Annotated[Number, Field(gt=0)] | None = None
+    down_mbit: Annotated[Number, Field(gt=0)] | None = None
+
+    @field_validator("profile", mode="after")
+    @classmethod
+    def _known(cls, value: str | None) -> str | None:
+        return None if value is None else _check_profile(value)
+
+
+def _check_profile(value: str) -> str:
+    if value not in PROFILES:
+        names = ", ".join(f'"{n}"' for n in PROFILES)
+        raise ValueError(f"unknown network profile {_as_toml(value)} (known: {names})")
+    return value
+
+
+NetworkSetting = Annotated[StrictStr, AfterValidator(_check_profile)] | NetworkConfig
+"""``network = "wan"`` or ``network = { latency_ms = 100, up_mbit = 10 }``."""
+
+
+def resolve_network(setting: NetworkSetting | None) -> LinkProfile:
+    """The link a setting describes: a named profile, numbers over one, or ideal."""
+    if setting is None:
+        return LinkProfile()
+    if isinstance(setting, str):
+        return PROFILES[setting]
+    base = PROFILES[setting.profile] if setting.profile else LinkProfile()
+    changes: dict[str, float | None] = {}
+    if setting.latency_ms is not None:
+        changes["latency"] = setting.latency_ms / 1000
+    if setting.jitter_ms is not None:
+        changes["jitter"] = setting.jitter_ms / 1000
+    if setting.loss is not None:
+        changes["loss"] = setting.loss
+    if setting.up_mbit is not None:
+        changes["up_bps"] = setting.up_mbit * 1e6
+    if setting.down_mbit is not None:
+        changes["down_bps"] = setting.down_mbit * 1e6
+    return dataclasses.replace(base, **changes)
 
 
 DEFAULT_LIMITS = Limits(memory=4 * 2**30, processes=512, cpu=1.0, tmp=2**30, output=10 * 2**30)
@@ -244,6 +297,8 @@ class SiteConfig(BaseModel):
     inputs: list[InputPath] = Field(default_factory=list)
     env_file: Path | None = None
     limits: LimitsConfig | None = None
+    network: NetworkSetting | None = None
+    """This site's link to the relay; default: the run's ``network``."""
     location: StrictStr | None = None
     """``ssh://[USER@]HOST[:PORT]`` for a site on another machine; left out (or ``"local"``)
     for a sandbox on this one."""
@@ -375,6 +430,8 @@ class RunConfig(BaseModel):
     capture_payloads: Flag = False
     """Keep every payload that passes the relay under messages/ in the run directory."""
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    network: NetworkSetting | None = None
+    """Every site's link to the relay unless the site says otherwise; default: ideal."""
     sites: Annotated[list[SiteConfig], Field(min_length=1)]
 
     @field_validator("app", mode="after")
@@ -449,6 +506,11 @@ class RunConfig(BaseModel):
 
     def limits_of(self, site: SiteConfig) -> Limits:
         return resolve_limits(self.limits, site.limits)
+
+    def links(self) -> dict[str, LinkProfile]:
+        """Each site's link to the relay; empty when every link is ideal."""
+        links = {s.name: resolve_network(s.network or self.network) for s in self.sites}
+        return {} if all(link.is_ideal for link in links.values()) else links
 
     def public_dict(self) -> dict[str, Any]:
         """The resolved config as recorded in the run directory (the TOML holds no secrets).

@@ -45,6 +45,7 @@ from fedsim.logs import (
     site_logger,
 )
 from fedsim.pythons import find_python
+from fedsim.relay.network import NetworkModel
 from fedsim.relay.routing import Routing
 from fedsim.relay.server import RelayServer, TlsListen
 from fedsim.relay.state import RelayState
@@ -395,8 +396,12 @@ class Run:
         capture = None
         if self.config.capture_payloads:
             capture = self.run_dir.path / "messages" / (step.label or "")
+        links = self.config.links()
         step.relay_state = RelayState(
-            Routing(names, self.config.coordinator.name), tokens, capture_dir=capture
+            Routing(names, self.config.coordinator.name),
+            tokens,
+            capture_dir=capture,
+            network=NetworkModel(links, self.config.seed) if links else None,
         )
         tls = None
         if self._relay_tls is not None:

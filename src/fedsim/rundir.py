@@ -33,7 +33,18 @@ NO_MEMO = "None"
 LOG = "fedsim.log"
 TRAFFIC = "traffic.csv"
 CONFIG = "config.toml"
-TRAFFIC_COLUMNS = ("time", "sender", "receiver", "memo", "bytes", "kind", "step")
+TRAFFIC_COLUMNS = (
+    "time",
+    "sender",
+    "receiver",
+    "memo",
+    "bytes",
+    "kind",
+    "step",
+    "delivered",
+    "read",
+)
+"""``time``: sent; ``delivered``: in the receiver's mailbox; ``read``: fetched by its agent."""
 
 
 def new_run_id(name: str | None = None) -> str:
@@ -98,9 +109,9 @@ class RunDir:
             for step, records in steps:
                 for r in records:
                     memo = "" if r.memo in (None, NO_MEMO) else r.memo
-                    writer.writerow(
-                        [iso(r.time), r.sender, r.receiver, memo, r.bytes, r.kind, step]
-                    )
+                    sent, delivered, read = iso(r.time), iso(r.delivered), iso(r.read)
+                    row = [sent, r.sender, r.receiver, memo, r.bytes, r.kind, step, delivered, read]
+                    writer.writerow(row)
 
     def zip_output(self, site: str, limit: int | None = None) -> list[Skipped]:
         """``sites/<name>/results.zip`` from the site's output: regular files only, never

@@ -19,6 +19,7 @@ not read.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from urllib.parse import quote
 
@@ -103,7 +104,11 @@ def create_app(state: RelayState) -> Starlette:
         destination = params.get("destination") or None
         receivers = check_route(state.routing, caller, destination, kind)
         payload = await read_body(request, limits.max_message_bytes, limits.body_idle_timeout)
-        state.deliver(caller, destination, memo, payload, kind)
+        sent = time.time()
+        if state.network is not None:  # the sender waits while its link uploads
+            arrived = state.network.upload(caller, len(payload), sent)
+            await asyncio.sleep(max(0.0, arrived - time.time()))
+        state.deliver(caller, destination, memo, payload, kind, sent=sent)
         log.debug("%s -> %s memo=%s %d bytes", caller, ",".join(receivers), memo, len(payload))
         return JSONResponse({"receivers": receivers}, status_code=202)
 
@@ -118,6 +123,7 @@ def create_app(state: RelayState) -> Starlette:
             )
         except (asyncio.QueueEmpty, TimeoutError):
             return Response(status_code=204)
+        state.mark_read(message)
         headers = {SENDER_HEADER: message.sender, KIND_HEADER: message.kind}
         if message.memo is not None:
             headers[MEMO_HEADER] = quote(message.memo, safe="")

@@ -6,12 +6,13 @@ import asyncio
 import hmac
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from fedsim.relay.kinds import APP_KIND
 from fedsim.relay.limits import RelayLimits
+from fedsim.relay.network import NetworkModel
 from fedsim.relay.routing import Routing
 
 __all__ = ["APP_KIND", "Message", "RelayState", "TrafficRecord"]
@@ -23,16 +24,24 @@ class Message:
     memo: str | None
     payload: bytes
     kind: str = APP_KIND
+    record: int | None = None
+    """Its row in the traffic, to note when it was read."""
 
 
 @dataclass(frozen=True)
 class TrafficRecord:
+    """One message to one receiver: ``time`` it was sent (the relay got the request),
+    ``delivered`` into the receiver's mailbox (later than sent under a network profile),
+    ``read`` by the receiver's agent (None: never)."""
+
     time: float
     sender: str
     receiver: str
     memo: str | None
     bytes: int
     kind: str = APP_KIND
+    delivered: float | None = None
+    read: float | None = None
 
 
 @dataclass
@@ -47,6 +56,8 @@ class RelayState:
     statuses: dict[str, dict[str, Any]] = field(default_factory=dict)
     memory: dict[str, dict[str, Any]] = field(default_factory=dict)
     limits: RelayLimits = field(default_factory=RelayLimits)
+    network: NetworkModel | None = None
+    """Network conditions on the sites' links (``network.py``); None: ideal links."""
     violations: list[tuple[str, str]] = field(default_factory=list)
     """(site, what it did) for every request of an authenticated site that the relay refused
     as malformed or forbidden; read it with ``violations_snapshot``."""
@@ -86,18 +97,42 @@ class RelayState:
         memo: str | None,
         payload: bytes,
         kind: str = APP_KIND,
+        sent: float | None = None,
     ) -> list[str]:
+        """Into each receiver's mailbox: at once, or when the receiver's link has brought it
+        (under a network profile; then only from the relay's event loop). ``sent``: when the
+        sender started sending it, if earlier than now (its upload took time)."""
         receivers = self.routing.receivers(sender, destination)
         now = time.time()
-        for receiver in receivers:
-            self.mailbox(receiver).put_nowait(Message(sender, memo, payload, kind))
+        sent = now if sent is None else sent
+        records: list[tuple[str, int, float]] = []
         with self._lock:
             self._last_activity = now
             for receiver in receivers:
                 if self.capture_dir is not None:
                     self._capture(len(self.traffic) + 1, sender, receiver, kind, payload)
-                self.traffic.append(TrafficRecord(now, sender, receiver, memo, len(payload), kind))
+                ready = now
+                if self.network is not None:
+                    ready = self.network.download(receiver, len(payload), now)
+                records.append((receiver, len(self.traffic), ready))
+                self.traffic.append(
+                    TrafficRecord(sent, sender, receiver, memo, len(payload), kind, delivered=ready)
+                )
+        for receiver, record, ready in records:
+            message = Message(sender, memo, payload, kind, record)
+            box = self.mailbox(receiver)
+            if ready <= now:
+                box.put_nowait(message)
+            else:  # call_later keeps the order of equal times: a receiver's messages stay in order
+                asyncio.get_running_loop().call_later(ready - now, box.put_nowait, message)
         return receivers
+
+    def mark_read(self, message: Message) -> None:
+        """The receiver's agent fetched ``message``: when, for the traffic record."""
+        if message.record is None:
+            return
+        with self._lock:
+            self.traffic[message.record] = replace(self.traffic[message.record], read=time.time())
 
     def _capture(self, number: int, sender: str, receiver: str, kind: str, payload: bytes) -> None:
         assert self.capture_dir is not None

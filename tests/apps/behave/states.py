@@ -16,6 +16,7 @@ config.yml (all keys optional):
       linger: false       # a participant never reports finished after writing its result
       links: {}           # name -> target: symbolic links to leave in /mnt/output
       fifo: null          # a name: a FIFO to leave in /mnt/output (a reader would block)
+      payload_bytes: 0    # send this many extra bytes along with the number (a big message)
       idle: 0             # seconds to think in the first state (no message, no change);
                           # status_polls.txt then says how often the agent asked meanwhile
 """
@@ -81,7 +82,9 @@ class First(AppState):
                 time.sleep(0.5)
         if config.get("await_memo"):
             self.await_data(n=1, memo=config["await_memo"])
-        self.send_data_to_coordinator(float(config.get("value", 1.0)))
+        value = float(config.get("value", 1.0))
+        padding = int(config.get("payload_bytes", 0))
+        self.send_data_to_coordinator([value, "x" * padding] if padding else value)
         return "sum" if self.is_coordinator else "write"
 
 
@@ -91,7 +94,8 @@ class Sum(AppState):
         self.register_transition("write", Role.COORDINATOR)
 
     def run(self):
-        self.broadcast_data(sum(self.gather_data()))
+        values = [d[0] if isinstance(d, list) else d for d in self.gather_data()]
+        self.broadcast_data(sum(values))
         return "write"
 
 
