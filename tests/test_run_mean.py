@@ -59,6 +59,7 @@ def test_run_directory_is_a_complete_record(example_run) -> None:
         "step",
         "delivered",
         "read",
+        "fault",
     ]
     # every message was delivered and read, in that order, no earlier than it was sent
     assert (traffic.time <= traffic.delivered).all() and (traffic.delivered <= traffic.read).all()

@@ -16,7 +16,7 @@ import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -396,6 +396,37 @@ class StepConfig(BaseModel):
     _requirements = field_validator("requirements", mode="after")(_check_requirements)
 
 
+class FaultConfig(BaseModel):
+    """``[[faults]]``: something that goes wrong at a site on purpose (``relay/faults.py``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    site: StrictStr
+    action: Literal["crash", "hang", "disconnect", "drop"]
+    at: Annotated[Number, Field(ge=0)] | None = None
+    """Seconds after the step started."""
+    memo: StrictStr | None = None
+    """When the site first sends a message with this memo (a round)."""
+    after_messages: Annotated[int, Field(ge=0, strict=True)] | None = None
+    """Once the site has sent this many messages."""
+    duration: Annotated[Number, Field(gt=0)] | None = None
+    """``disconnect`` only: seconds until the link is back; default: never."""
+    count: Annotated[int, Field(gt=0, strict=True)] | None = None
+    """``drop`` only: how many messages; default 1."""
+    step: Annotated[int, Field(gt=0, strict=True)] = 1
+
+    @model_validator(mode="after")
+    def _one_trigger(self) -> FaultConfig:
+        triggers = [t for t in ("at", "memo", "after_messages") if getattr(self, t) is not None]
+        if len(triggers) != 1:
+            raise ValueError("give exactly one trigger: at, memo or after_messages")
+        if self.duration is not None and self.action != "disconnect":
+            raise ValueError('duration is for action = "disconnect" only')
+        if self.count is not None and self.action != "drop":
+            raise ValueError('count is for action = "drop" only')
+        return self
+
+
 class CompareConfig(BaseModel):
     """``[compare]``: how ``fedsim compare`` judges the difference."""
 
@@ -432,6 +463,7 @@ class RunConfig(BaseModel):
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     network: NetworkSetting | None = None
     """Every site's link to the relay unless the site says otherwise; default: ideal."""
+    faults: list[FaultConfig] = Field(default_factory=list)
     sites: Annotated[list[SiteConfig], Field(min_length=1)]
 
     @field_validator("app", mode="after")
@@ -570,9 +602,23 @@ def _cross_field_faults(raw: dict[str, Any], info: ValidationInfo) -> Iterator[t
             found = ", ".join(coordinators) if coordinators else "none"
             yield ("sites",), f"exactly one site needs coordinator = true; found: {found}"
     yield from _ssh_only_faults(sites)
+    yield from _injected_fault_faults(raw, names, len(steps) if has_steps else 1)
 
     yield from _output_dir_faults(raw, steps, sites, info)
     yield from _tolerance_faults(raw, steps, info)
+
+
+def _injected_fault_faults(
+    raw: dict[str, Any], names: list[str], steps: int
+) -> Iterator[tuple[Loc, str]]:
+    """A ``[[faults]]`` entry names a site of the config and a step of the run."""
+    for i, fault in _tables(raw.get("faults")):
+        site = fault.get("site")
+        if isinstance(site, str) and names and site not in names:
+            yield ("faults", i, "site"), f"no site named {_as_toml(site)} in this config"
+        step = fault.get("step")
+        if isinstance(step, int) and not isinstance(step, bool) and step > steps:
+            yield ("faults", i, "step"), f"the run has {steps} step{'' if steps == 1 else 's'}"
 
 
 def _is_ssh(location: Any) -> bool:

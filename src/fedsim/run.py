@@ -45,6 +45,7 @@ from fedsim.logs import (
     site_logger,
 )
 from fedsim.pythons import find_python
+from fedsim.relay.faults import Fault, FaultPlan
 from fedsim.relay.network import NetworkModel
 from fedsim.relay.routing import Routing
 from fedsim.relay.server import RelayServer, TlsListen
@@ -258,6 +259,12 @@ class Run:
                 for s in self.steps
             ],
             "sites": {s.name: self._site_summary(s.name, per_site) for s in self.config.sites},
+            "faults": [
+                {"step": s.index, **event}
+                for s in self.steps
+                if s.relay_state is not None and s.relay_state.faults is not None
+                for event in s.relay_state.faults.report()
+            ],
         }
 
     def _write_versions(self) -> None:
@@ -407,6 +414,19 @@ class Run:
         if self._relay_tls is not None:
             cert = self._relay_tls[1]
             tls = TlsListen("127.0.0.1", 0, cert.cert_file, cert.key_file)
+        planned = [f for f in self.config.faults if f.step == step.index]
+        if planned:
+            step.relay_state.faults = FaultPlan(
+                [
+                    Fault(
+                        f.site, f.action, f.at, f.memo, f.after_messages, f.duration, f.count or 1
+                    )
+                    for f in planned
+                ],
+                time.time(),
+                list(names),
+                step.relay_state.site_statuses,
+            )
         relay = RelayServer(step.relay_state, private / "relay.sock", tls=tls)
         relay.start()
         relay.socket_path.chmod(0o666)  # agents run as their own uids; the folder is private
@@ -492,6 +512,7 @@ class Run:
                 self.run_dir.write_summary(self.summary())
             self._show_progress(step, shown)
             self._check_violations(step)
+            self._check_faults(step)
             running = [r for r in step.sites.values() if r.status == "running"]
             if not running:
                 return
@@ -532,6 +553,27 @@ class Run:
                     f"site {site} failed (the relay refused what it sent: {message}); "
                     f"last lines of its log:\n{rec.tail_text()}"
                 )
+
+    def _check_faults(self, step: StepRecord) -> None:
+        """Injected faults that fired: said, with what the others were doing; a crash stops
+        its site, which fails the run as a real crash would."""
+        plan = step.relay_state.faults if step.relay_state is not None else None
+        if plan is None:
+            return
+        plan.tick()
+        for fault in plan.newly_fired():
+            others = "; ".join(f"{n}: {s!r}" for n, s in fault.others.items()) or "none"
+            log.warning("%s; the others meanwhile: %s", fault.describe(), others)
+            rec = step.sites.get(fault.site)
+            if fault.action != "crash" or rec is None or rec.status != "running":
+                continue
+            assert rec.running is not None
+            rec.running.stop()
+            rec.status, rec.ended = "failed", time.time()
+            raise SiteFailed(
+                f"{fault.describe()}; the others meanwhile: {others}; "
+                f"last lines of its log:\n{rec.tail_text()}"
+            )
 
     def _check_stall(self, step: StepRecord, now: float, last_exit: float) -> None:
         """Raise RunStalled when nothing has happened for ``stall_timeout``: no site changed

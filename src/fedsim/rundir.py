@@ -43,8 +43,10 @@ TRAFFIC_COLUMNS = (
     "step",
     "delivered",
     "read",
+    "fault",
 )
-"""``time``: sent; ``delivered``: in the receiver's mailbox; ``read``: fetched by its agent."""
+"""``time``: sent; ``delivered``: in the receiver's mailbox; ``read``: fetched by its agent;
+``fault``: ``dropped`` for a message an injected fault dropped."""
 
 
 def new_run_id(name: str | None = None) -> str:
@@ -111,7 +113,7 @@ class RunDir:
                     memo = "" if r.memo in (None, NO_MEMO) else r.memo
                     sent, delivered, read = iso(r.time), iso(r.delivered), iso(r.read)
                     row = [sent, r.sender, r.receiver, memo, r.bytes, r.kind, step, delivered, read]
-                    writer.writerow(row)
+                    writer.writerow([*row, r.fault or ""])
 
     def zip_output(self, site: str, limit: int | None = None) -> list[Skipped]:
         """``sites/<name>/results.zip`` from the site's output: regular files only, never

@@ -80,6 +80,9 @@ def _guarded(state: RelayState, what: str, handler: Handler) -> Callable[[Reques
             if site != caller:
                 forged = printable(site)
                 raise Refused(403, f"site {caller} may only act as itself, not as {forged}")
+            blocked = state.faults.blocked(caller) if state.faults is not None else None
+            if blocked is not None:
+                return await _faulty(state, blocked)
             return await handler(request, caller)
         except Refused as exc:
             who = caller or "an unauthenticated client"
@@ -94,6 +97,15 @@ def _guarded(state: RelayState, what: str, handler: Handler) -> Callable[[Reques
     return endpoint
 
 
+async def _faulty(state: RelayState, action: str) -> Response:
+    """The answer to a site an injected fault holds: none until the relay stops (a hung
+    site), or a refusal, as from a link that is down."""
+    if action == "hang":
+        while not state.closing.is_set():
+            await asyncio.sleep(0.2)
+    return _error(503, "the site's link is down (injected fault)")
+
+
 def create_app(state: RelayState) -> Starlette:
     limits = state.limits
 
@@ -105,6 +117,12 @@ def create_app(state: RelayState) -> Starlette:
         receivers = check_route(state.routing, caller, destination, kind)
         payload = await read_body(request, limits.max_message_bytes, limits.body_idle_timeout)
         sent = time.time()
+        fault = state.faults.on_send(caller, memo) if state.faults is not None else None
+        if fault == "drop":
+            state.record_dropped(caller, destination, memo, len(payload), kind)
+            return JSONResponse({"receivers": receivers}, status_code=202)
+        if fault is not None:
+            return await _faulty(state, fault)
         if state.network is not None:  # the sender waits while its link uploads
             arrived = state.network.upload(caller, len(payload), sent)
             await asyncio.sleep(max(0.0, arrived - time.time()))

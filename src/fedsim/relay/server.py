@@ -183,6 +183,7 @@ class RelayServer:
             time.sleep(0.01)
 
     def stop(self) -> None:
+        self.state.closing.set()  # requests held by an injected hang are let go
         for server, _ in self._servers:
             server.should_exit = True
         if self._thread.is_alive():

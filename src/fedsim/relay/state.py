@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from fedsim.relay.faults import FaultPlan
 from fedsim.relay.kinds import APP_KIND
 from fedsim.relay.limits import RelayLimits
 from fedsim.relay.network import NetworkModel
@@ -42,6 +43,8 @@ class TrafficRecord:
     kind: str = APP_KIND
     delivered: float | None = None
     read: float | None = None
+    fault: str | None = None
+    """``dropped`` when an injected fault dropped it (``faults.py``)."""
 
 
 @dataclass
@@ -58,6 +61,10 @@ class RelayState:
     limits: RelayLimits = field(default_factory=RelayLimits)
     network: NetworkModel | None = None
     """Network conditions on the sites' links (``network.py``); None: ideal links."""
+    faults: FaultPlan | None = None
+    """Faults injected at sites (``faults.py``); None: none."""
+    closing: threading.Event = field(default_factory=threading.Event)
+    """Set when the relay stops: requests an injected hang holds are let go then."""
     violations: list[tuple[str, str]] = field(default_factory=list)
     """(site, what it did) for every request of an authenticated site that the relay refused
     as malformed or forbidden; read it with ``violations_snapshot``."""
@@ -125,6 +132,20 @@ class RelayState:
                 box.put_nowait(message)
             else:  # call_later keeps the order of equal times: a receiver's messages stay in order
                 asyncio.get_running_loop().call_later(ready - now, box.put_nowait, message)
+        return receivers
+
+    def record_dropped(
+        self, sender: str, destination: str | None, memo: str | None, size: int, kind: str
+    ) -> list[str]:
+        """A message an injected fault dropped: in the traffic, never in a mailbox."""
+        receivers = self.routing.receivers(sender, destination)
+        now = time.time()
+        with self._lock:
+            self._last_activity = now
+            for receiver in receivers:
+                self.traffic.append(
+                    TrafficRecord(now, sender, receiver, memo, size, kind, fault="dropped")
+                )
         return receivers
 
     def mark_read(self, message: Message) -> None:
