@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import httpx
 import pytest
 
 from fedsim.relay.client import RelayClient
+from fedsim.relay.limits import RelayLimits
 from fedsim.relay.routing import Routing
 from fedsim.relay.server import RelayServer
 from fedsim.relay.state import RelayState
@@ -149,3 +151,37 @@ def test_the_orchestrator_sees_how_many_messages_wait_for_each_site(
         assert state.last_activity() >= before
         assert clinic.receive(wait=1) is not None
         assert state.waiting() == {"clinic": 0, "lab": 1, "hub": 1}
+
+
+def test_a_message_not_acknowledged_is_handed_out_again_with_the_same_id(tmp_path: Path) -> None:
+    """Its first answer may have been lost with a connection: after ``ack_timeout`` the next
+    poll gets it again, same id, and the traffic says it was handed out twice; once
+    acknowledged it is never handed out again."""
+    state = RelayState(Routing(SITES, "hub"), dict(TOKENS), limits=RelayLimits(ack_timeout=0.5))
+    sock = tmp_path / "relay.sock"
+    with RelayServer(state, sock):
+        with RelayClient(str(sock), "clinic", TOKENS["clinic"]) as clinic:
+            clinic.send(b"sum", None, "R1")
+        with RelayClient(str(sock), "hub", TOKENS["hub"]) as hub:
+            first = hub.receive(wait=2)
+            assert first is not None and first.id is not None
+            assert hub.receive(wait=0.2) is None  # not yet overdue
+            time.sleep(0.6)
+            again = hub.receive(wait=2)
+            assert again is not None and (again.id, again.payload) == (first.id, b"sum")
+            hub.ack(again)
+            time.sleep(0.6)
+            assert hub.receive(wait=0.3) is None
+    (record,) = state.snapshot()[0]
+    assert record.handed_out == 2 and record.read is not None
+
+
+def test_a_site_cannot_acknowledge_another_sites_message(relay) -> None:
+    state, sock = relay
+    client(sock, "clinic").send(b"x", None, "R1")
+    message = client(sock, "hub").receive(wait=2)
+    assert message is not None
+    client(sock, "lab").ack(message)  # not lab's: ignored
+    assert state.snapshot()[0][0].read is None
+    client(sock, "hub").ack(message)
+    assert state.snapshot()[0][0].read is not None

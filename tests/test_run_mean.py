@@ -59,8 +59,10 @@ def test_run_directory_is_a_complete_record(example_run) -> None:
         "step",
         "delivered",
         "read",
+        "handed_out",
         "fault",
     ]
+    assert (traffic.handed_out == 1).all()  # each handed out once, acknowledged at once
     # every message was delivered and read, in that order, no earlier than it was sent
     assert (traffic.time <= traffic.delivered).all() and (traffic.delivered <= traffic.read).all()
     assert set(traffic.kind) == {"app"} and set(traffic.step) == {1}

@@ -43,10 +43,13 @@ TRAFFIC_COLUMNS = (
     "step",
     "delivered",
     "read",
+    "handed_out",
     "fault",
 )
-"""``time``: sent; ``delivered``: in the receiver's mailbox; ``read``: fetched by its agent;
-``fault``: ``dropped`` for a message an injected fault dropped."""
+"""``time``: sent; ``delivered``: in the receiver's mailbox; ``read``: its agent acknowledged
+it (it reached the app); ``handed_out``: how often the relay gave it to that agent (more than
+once when an answer was lost); ``fault``: ``dropped`` for a message an injected fault
+dropped."""
 
 
 def new_run_id(name: str | None = None) -> str:
@@ -113,7 +116,7 @@ class RunDir:
                     memo = "" if r.memo in (None, NO_MEMO) else r.memo
                     sent, delivered, read = iso(r.time), iso(r.delivered), iso(r.read)
                     row = [sent, r.sender, r.receiver, memo, r.bytes, r.kind, step, delivered, read]
-                    writer.writerow([*row, r.fault or ""])
+                    writer.writerow([*row, r.handed_out, r.fault or ""])
 
     def zip_output(self, site: str, limit: int | None = None) -> list[Skipped]:
         """``sites/<name>/results.zip`` from the site's output: regular files only, never

@@ -103,12 +103,23 @@ class Agent:
         self._exchange.send(self._relay_out, status, response.content)
 
     def _inbox(self) -> None:
+        """Messages from the relay to the app, each acknowledged once the app has it; one
+        handed out again (its first answer was lost) is acknowledged, not delivered twice."""
+        seen: set[int] = set()
         try:
             while not self._stop.is_set():
                 message = self._relay_in.receive(wait=1.0)
-                if message is not None:
+                if message is None:
+                    continue
+                if message.id is not None and message.id in seen:
+                    log.warning("message %d from %s came twice; delivered once", message.id,
+                                message.sender)  # fmt: skip
+                else:
                     self._exchange.receive(message)
                     self._wake.set()
+                if message.id is not None:
+                    seen.add(message.id)
+                self._relay_in.ack(message)
         except BaseException as exc:  # handed to the main loop, which fails the site
             if not self._stop.is_set():
                 self._inbox_error = exc

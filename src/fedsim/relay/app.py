@@ -30,7 +30,13 @@ from starlette.routing import Route
 
 from fedsim.logs import get_logger
 from fedsim.relay.body import ClientGone, read_body
-from fedsim.relay.kinds import APP_KIND, KIND_HEADER, MEMO_HEADER, SENDER_HEADER
+from fedsim.relay.kinds import (
+    APP_KIND,
+    KIND_HEADER,
+    MEMO_HEADER,
+    MESSAGE_ID_HEADER,
+    SENDER_HEADER,
+)
 from fedsim.relay.state import RelayState
 from fedsim.relay.validation import (
     MAX_WAIT,
@@ -133,6 +139,10 @@ def create_app(state: RelayState) -> Starlette:
     async def receive(request: Request, caller: str) -> Response:
         wait = parse_wait(request.query_params.get("wait"))
         mailbox = state.mailbox(caller)
+        for message in state.overdue(caller):  # its answer was lost: hand it out again
+            log.warning("message %s to %s not acknowledged: handing it out again",
+                        message.record, caller)  # fmt: skip
+            mailbox.put_nowait(message)
         try:
             message = (
                 mailbox.get_nowait()
@@ -141,11 +151,21 @@ def create_app(state: RelayState) -> Starlette:
             )
         except (asyncio.QueueEmpty, TimeoutError):
             return Response(status_code=204)
-        state.mark_read(message)
+        state.hand_out(caller, message)
         headers = {SENDER_HEADER: message.sender, KIND_HEADER: message.kind}
+        if message.record is not None:
+            headers[MESSAGE_ID_HEADER] = str(message.record)
         if message.memo is not None:
             headers[MEMO_HEADER] = quote(message.memo, safe="")
         return Response(message.payload, media_type="application/octet-stream", headers=headers)
+
+    async def acknowledge(request: Request, caller: str) -> Response:
+        try:
+            record = int(request.path_params["message"])
+        except ValueError:
+            raise Refused(400, "a message id is a number") from None
+        state.acknowledge(caller, record)
+        return Response(status_code=204)
 
     async def put_status(request: Request, caller: str) -> Response:
         body = await read_body(request, limits.max_report_bytes, limits.body_idle_timeout)
@@ -166,6 +186,11 @@ def create_app(state: RelayState) -> Starlette:
         routes=[
             Route(f"{site}/messages", _guarded(state, "a message", send), methods=["POST"]),
             Route(f"{site}/messages", _guarded(state, "a poll", receive), methods=["GET"]),
+            Route(
+                f"{site}/messages/{{message}}/ack",
+                _guarded(state, "an acknowledgement", acknowledge),
+                methods=["POST"],
+            ),
             Route(f"{site}/status", _guarded(state, "a status", put_status), methods=["PUT"]),
             Route(f"{site}/memory", put_memory_report, methods=["PUT"]),
             Route("/health", health, methods=["GET"]),

@@ -11,7 +11,13 @@ from urllib.parse import unquote
 import httpx
 
 from fedsim.agent.launch import parse_relay_url
-from fedsim.relay.kinds import APP_KIND, KIND_HEADER, MEMO_HEADER, SENDER_HEADER
+from fedsim.relay.kinds import (
+    APP_KIND,
+    KIND_HEADER,
+    MEMO_HEADER,
+    MESSAGE_ID_HEADER,
+    SENDER_HEADER,
+)
 
 
 class RelayRefused(httpx.HTTPStatusError):
@@ -47,6 +53,8 @@ class Incoming:
     memo: str | None
     payload: bytes
     kind: str = APP_KIND
+    id: int | None = None
+    """The relay's id for it: acknowledged once it reached the app (``ack``)."""
 
 
 def pinned_context(ca_pem: str) -> ssl.SSLContext:
@@ -117,12 +125,19 @@ class RelayClient:
         if response.status_code == 204:
             return None
         memo = response.headers.get(MEMO_HEADER)
+        ident = response.headers.get(MESSAGE_ID_HEADER)
         return Incoming(
             sender=response.headers[SENDER_HEADER],
             memo=unquote(memo) if memo is not None else None,
             payload=response.content,
             kind=response.headers.get(KIND_HEADER, APP_KIND),
+            id=int(ident) if ident is not None and ident.isdigit() else None,
         )
+
+    def ack(self, message: Incoming) -> None:
+        """Tell the relay ``message`` arrived; without it, it is handed out again later."""
+        if message.id is not None:
+            self._request("POST", f"/sites/{self.site}/messages/{message.id}/ack")
 
     def report_status(self, status: dict[str, Any]) -> None:
         self._request("PUT", f"/sites/{self.site}/status", json=status)

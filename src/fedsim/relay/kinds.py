@@ -17,3 +17,5 @@ COORDINATOR_ONLY_KINDS = frozenset({PARTIAL_KIND})
 SENDER_HEADER = "X-Fedsim-Sender"
 KIND_HEADER = "X-Fedsim-Kind"
 MEMO_HEADER = "X-Fedsim-Memo"
+MESSAGE_ID_HEADER = "X-Fedsim-Message-Id"
+"""Which message this is (its row in the traffic): the agent acknowledges it by this id."""

@@ -34,6 +34,10 @@ class RelayLimits:
     max_header_bytes: int = MAX_HEADER_BYTES
     max_connections: int | None = None
     """Concurrent connections before new requests get 503; None: ``connections_for(sites)``."""
+    ack_timeout: float = 30.0
+    """A message handed to an agent and not acknowledged this long is handed out again (its
+    answer may have been lost with a connection): delivered at least once, duplicates
+    recognised by the agent from the message's id."""
 
     def connections(self, sites: int) -> int:
         return self.max_connections if self.max_connections is not None else connections_for(sites)

@@ -43,6 +43,10 @@ class TrafficRecord:
     kind: str = APP_KIND
     delivered: float | None = None
     read: float | None = None
+    """When its receiver's agent acknowledged it (it reached the app)."""
+    handed_out: int = 0
+    """How often it was handed to the receiver's agent: more than once when an answer was
+    lost and it was handed out again after ``ack_timeout``."""
     fault: str | None = None
     """``dropped`` when an injected fault dropped it (``faults.py``)."""
 
@@ -69,6 +73,7 @@ class RelayState:
     """(site, what it did) for every request of an authenticated site that the relay refused
     as malformed or forbidden; read it with ``violations_snapshot``."""
     _mailboxes: dict[str, asyncio.Queue[Message]] = field(default_factory=dict)
+    _unacked: dict[int, tuple[str, Message, float]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def site_for_token(self, token: str) -> str | None:
@@ -148,12 +153,39 @@ class RelayState:
                 )
         return receivers
 
-    def mark_read(self, message: Message) -> None:
-        """The receiver's agent fetched ``message``: when, for the traffic record."""
+    def hand_out(self, site: str, message: Message) -> None:
+        """``message`` goes to ``site``'s agent: kept until acknowledged."""
         if message.record is None:
             return
         with self._lock:
-            self.traffic[message.record] = replace(self.traffic[message.record], read=time.time())
+            self._unacked[message.record] = (site, message, time.time())
+            record = self.traffic[message.record]
+            self.traffic[message.record] = replace(record, handed_out=record.handed_out + 1)
+
+    def acknowledge(self, site: str, record: int) -> bool:
+        """``site``'s agent has the message: False when it is not one of its own (or was
+        acknowledged already, which is harmless)."""
+        with self._lock:
+            held = self._unacked.get(record)
+            if held is None or held[0] != site:
+                return False
+            del self._unacked[record]
+            self.traffic[record] = replace(self.traffic[record], read=time.time())
+            return True
+
+    def overdue(self, site: str) -> list[Message]:
+        """``site``'s messages handed out but not acknowledged within ``ack_timeout``: taken
+        back, to be handed out again."""
+        now = time.time()
+        with self._lock:
+            late = [
+                (record, message)
+                for record, (owner, message, since) in self._unacked.items()
+                if owner == site and now - since > self.limits.ack_timeout
+            ]
+            for record, _ in late:
+                del self._unacked[record]
+        return [message for _, message in sorted(late, key=lambda item: item[0])]
 
     def _capture(self, number: int, sender: str, receiver: str, kind: str, payload: bytes) -> None:
         assert self.capture_dir is not None
