@@ -4,6 +4,7 @@ runs/<run-id>/
     config.toml          the resolved config (no secrets: the TOML holds none)
     fedsim.log           one merged log: orchestrator, relay, agents, apps
     traffic.csv          one row per message: time, sender, receiver, memo, bytes
+    states.csv           one row per change of a site's status or app state
     summary.json         status, times, per-site status and traffic
     sites/<name>/output/       what the site's app wrote to /mnt/output
     sites/<name>/results.zip   the same, zipped, as FeatureCloud hands it out
@@ -24,6 +25,7 @@ from typing import Any
 
 import tomli_w
 
+from fedsim.progress import StateChange
 from fedsim.relay import TrafficRecord
 from fedsim.safefiles import Skipped, zip_tree
 
@@ -34,6 +36,8 @@ LOG = "fedsim.log"
 TRAFFIC = "traffic.csv"
 CONFIG = "config.toml"
 TRAFFIC_COLUMNS = ("time", "sender", "receiver", "memo", "bytes", "kind", "step")
+STATES = "states.csv"
+STATES_COLUMNS = ("time", "step", "site", "status", "state", "message", "progress")
 
 
 def new_run_id(name: str | None = None) -> str:
@@ -101,6 +105,16 @@ class RunDir:
                     writer.writerow(
                         [iso(r.time), r.sender, r.receiver, memo, r.bytes, r.kind, step]
                     )
+
+    def write_states(self, changes: Iterable[StateChange]) -> None:
+        """The timeline of every site's status and app state (``fedsim report`` draws it)."""
+        with open(self.path / STATES, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(STATES_COLUMNS)
+            for c in sorted(changes, key=lambda c: c.time):
+                progress = "" if c.progress is None else c.progress
+                state, message = c.state or "", c.message or ""
+                writer.writerow([iso(c.time), c.step, c.site, c.status, state, message, progress])
 
     def zip_output(self, site: str, limit: int | None = None) -> list[Skipped]:
         """``sites/<name>/results.zip`` from the site's output: regular files only, never

@@ -6,7 +6,7 @@ import asyncio
 import hmac
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,7 @@ from fedsim.relay.kinds import APP_KIND
 from fedsim.relay.limits import RelayLimits
 from fedsim.relay.routing import Routing
 
-__all__ = ["APP_KIND", "Message", "RelayState", "TrafficRecord"]
+__all__ = ["APP_KIND", "Message", "RelayState", "SiteTraffic", "TrafficRecord"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,25 @@ class TrafficRecord:
 
 
 @dataclass
+class SiteTraffic:
+    """One site's running totals, kept as messages pass: the live display reads them many
+    times a second, and counting the whole traffic list each time would grow with the run."""
+
+    sent: int = 0
+    bytes_sent: int = 0
+    received: int = 0
+    bytes_received: int = 0
+
+    def count_sent(self, size: int) -> None:
+        self.sent += 1
+        self.bytes_sent += size
+
+    def count_received(self, size: int) -> None:
+        self.received += 1
+        self.bytes_received += size
+
+
+@dataclass
 class RelayState:
     """Shared between the relay's event loop (writes) and the orchestrator thread (reads)."""
 
@@ -51,6 +70,7 @@ class RelayState:
     """(site, what it did) for every request of an authenticated site that the relay refused
     as malformed or forbidden; read it with ``violations_snapshot``."""
     _mailboxes: dict[str, asyncio.Queue[Message]] = field(default_factory=dict)
+    _per_site: dict[str, SiteTraffic] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def site_for_token(self, token: str) -> str | None:
@@ -97,6 +117,8 @@ class RelayState:
                 if self.capture_dir is not None:
                     self._capture(len(self.traffic) + 1, sender, receiver, kind, payload)
                 self.traffic.append(TrafficRecord(now, sender, receiver, memo, len(payload), kind))
+                self._per_site.setdefault(sender, SiteTraffic()).count_sent(len(payload))
+                self._per_site.setdefault(receiver, SiteTraffic()).count_received(len(payload))
         return receivers
 
     def _capture(self, number: int, sender: str, receiver: str, kind: str, payload: bytes) -> None:
@@ -134,6 +156,11 @@ class RelayState:
         """The sites' last reported states, without copying the traffic (polled often)."""
         with self._lock:
             return {k: dict(v) for k, v in self.statuses.items()}
+
+    def site_traffic(self) -> dict[str, SiteTraffic]:
+        """Site -> its totals so far (copies: safe to read from any thread)."""
+        with self._lock:
+            return {site: replace(totals) for site, totals in self._per_site.items()}
 
     def memory_report(self, site: str) -> dict[str, Any]:
         with self._lock:

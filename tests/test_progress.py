@@ -1,0 +1,117 @@
+"""The live progress display: a table redrawn in place on a real terminal (a pseudo-terminal
+read back through a terminal emulator), plain lines when piped, and the timeline it keeps."""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import json
+import os
+import pty
+import shutil
+import struct
+import subprocess
+import sys
+import termios
+import time
+from pathlib import Path
+
+import pyte
+import pytest
+
+from tests.conftest import ROOT, fedsim, run_dir_of
+
+EXAMPLE = ROOT / "examples" / "mean"
+SITES = ("site-a", "site-b", "site-c")
+COLUMNS, LINES = 150, 60
+TABLE_HEADER = "app state"
+
+
+@pytest.fixture
+def example(tmp_path: Path) -> Path:
+    """The bundled three-site mean example, its runs kept under tmp_path."""
+    shutil.copytree(EXAMPLE, tmp_path / "mean")
+    config = tmp_path / "mean" / "fedsim.toml"
+    text = config.read_text().replace('"../../apps/mean"', f'"{ROOT / "apps" / "mean"}"')
+    config.write_text(f'output_dir = "{tmp_path / "runs"}"\n{text}')
+    return config
+
+
+def run_on_terminal(*args: str) -> tuple[int, bytes]:
+    """``fedsim ARGS`` with stdin, stdout and stderr on a pseudo-terminal of COLUMNS x LINES;
+    (exit code, every byte it wrote to the terminal)."""
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", LINES, COLUMNS, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "FORCE_COLOR", "CI")}
+    env.update(TERM="xterm-256color", COLUMNS=str(COLUMNS), LINES=str(LINES))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fedsim", *args],
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+        env=env,
+        start_new_session=True,
+    )
+    os.close(follower)
+    output = bytearray()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the terminal's last writer has gone
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(leader)
+    return process.wait(timeout=30), bytes(output)
+
+
+def screen_of(output: bytes) -> list[str]:
+    """What a terminal of COLUMNS x LINES shows after ``output``, line by line."""
+    screen = pyte.Screen(COLUMNS, LINES)
+    pyte.ByteStream(screen).feed(output)
+    return [line.rstrip() for line in screen.display]
+
+
+def test_a_terminal_shows_one_row_per_site_redrawn_in_place(example: Path) -> None:
+    code, output = run_on_terminal("run", str(example))
+    shown = screen_of(output)
+    text = "\n".join(shown)
+    assert code == 0, text
+    run_dir = Path(next(line for line in reversed(shown) if line.strip()).strip())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    # the table was drawn more than once, yet the screen holds it once: redrawn in place
+    assert output.decode().count(TABLE_HEADER) > 1
+    assert text.count(TABLE_HEADER) == 1, text
+    for site in SITES:
+        rows = [line for line in shown if line.startswith(f"│ {site}")]
+        assert len(rows) == 1, text
+        cells = [cell.strip() for cell in rows[0].strip("│").split("│")]
+        counts = summary["sites"][site]
+        assert cells[1] == "finished"
+        assert cells[2] == summary["sites"][site]["app"]["message"]
+        assert cells[3].endswith("100%")
+        assert cells[4].startswith(f"{counts['messages_sent']} msg / {counts['bytes_sent']} ")
+        received = f"{counts['messages_received']} msg / {counts['bytes_received']} "
+        assert cells[5].startswith(received)
+    assert "site-a (coordinator)" in text
+    # the per-site state lines are the table's job on a terminal; the log keeps them
+    assert "site site-b: terminal" not in text
+    assert "site site-b: terminal" in (run_dir / "fedsim.log").read_text()
+    assert "finished in" in text  # log lines still show, above the table
+
+
+def test_piped_output_has_plain_state_lines_and_the_timeline_is_kept(example: Path) -> None:
+    result = fedsim("run", str(example))
+    assert result.returncode == 0, result.stderr
+    assert "site site-a: terminal" in result.stderr
+    assert TABLE_HEADER not in result.stderr and "\x1b[" not in result.stderr
+    with open(run_dir_of(result) / "states.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["time"] for r in rows] == sorted(r["time"] for r in rows)
+    for site in SITES:
+        mine = [r for r in rows if r["site"] == site]
+        assert mine[0]["status"] == "running" and mine[-1]["status"] == "finished"
+        assert "terminal" in {r["message"] for r in mine}
+        assert mine[-1]["progress"] == "1.0"
