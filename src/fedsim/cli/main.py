@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import typer
 
-from fedsim.cli import config_cmds, doctor_cmd, inspect_cmds, run_cmd, split_cmd
+from fedsim.cli import config_cmds, doctor_cmd, inspect_cmds, report_cmd, run_cmd, split_cmd
 
 app = typer.Typer(
     name="fedsim",
@@ -49,6 +49,6 @@ def handles_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-for module in (run_cmd, config_cmds, inspect_cmds, split_cmd, doctor_cmd):
+for module in (run_cmd, config_cmds, inspect_cmds, report_cmd, split_cmd, doctor_cmd):
     for name, command in module.COMMANDS.items():
         app.command(name)(handles_errors(command))
