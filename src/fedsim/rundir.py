@@ -5,6 +5,7 @@ runs/<run-id>/
     fedsim.log           one merged log: orchestrator, relay, agents, apps
     traffic.csv          one row per message: time, sender, receiver, memo, bytes
     states.csv           one row per change of a site's status or app state
+    report.html          written by fedsim report: the run as one HTML page
     summary.json         status, times, per-site status and traffic
     sites/<name>/output/       what the site's app wrote to /mnt/output
     sites/<name>/results.zip   the same, zipped, as FeatureCloud hands it out
