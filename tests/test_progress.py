@@ -115,3 +115,19 @@ def test_piped_output_has_plain_state_lines_and_the_timeline_is_kept(example: Pa
         assert mine[0]["status"] == "running" and mine[-1]["status"] == "finished"
         assert "terminal" in {r["message"] for r in mine}
         assert mine[-1]["progress"] == "1.0"
+
+
+def test_an_apps_text_is_shown_as_text_not_as_markup() -> None:
+    """An app chooses its messages; Rich markup in one must neither style nor break the
+    table (a stray closing tag would raise in the display's thread)."""
+    from rich.console import Console
+
+    from fedsim.progress import SiteRow, site_table
+    from fedsim.relay.state import SiteTraffic
+
+    message = "[/] [bold]fitting[/bold] [link=x]"
+    row = SiteRow("hub", True, "running", {"message": message, "progress": 0.25}, SiteTraffic())
+    console = Console(record=True, width=150, color_system=None)
+    console.print(site_table([row], None))
+    shown = console.export_text()
+    assert message in shown and "25%" in shown and "hub (coordinator)" in shown

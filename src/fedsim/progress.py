@@ -108,9 +108,11 @@ class Timeline:
             self.changes.append(StateChange(when, step, row.name, status, state, message, progress))
 
 
-def _table(rows: list[SiteRow], title: str | None) -> Any:
+def site_table(rows: list[SiteRow], title: str | None) -> Any:
+    """The live display's table: a row per site, the app's own text never read as markup."""
     from rich.filesize import decimal
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title=title, title_justify="left", expand=False)
     for column in ("site", "status", "app state"):
@@ -124,7 +126,8 @@ def _table(rows: list[SiteRow], title: str | None) -> Any:
         table.add_row(
             f"{row.name} (coordinator)" if row.coordinator else row.name,
             row.status,
-            console_text(row.app.get("message") or row.app.get("state") or ""),
+            # the app chooses its text: Text, so "[/]" or "[bold]" in it is not Rich markup
+            Text(console_text(row.app.get("message") or row.app.get("state") or "")),
             "" if progress is None else _bar(progress),
             f"{t.sent} msg / {decimal(t.bytes_sent)}",
             f"{t.received} msg / {decimal(t.bytes_received)}",
@@ -197,7 +200,7 @@ class ProgressDisplay:
             drawn = [(*r.state, r.coordinator, r.traffic) for r in rows]
             if drawn != self._drawn:
                 self._drawn = drawn
-                self._live.update(_table(rows, self._title) if rows else "")
+                self._live.update(site_table(rows, self._title) if rows else "")
 
     def _log_changes(self, rows: list[SiteRow]) -> None:
         """A line when a site's app message or progress changes, so long runs show where
@@ -219,4 +222,5 @@ __all__ = [
     "Timeline",
     "console_text",
     "progress_text",
+    "site_table",
 ]
