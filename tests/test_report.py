@@ -189,7 +189,7 @@ def test_a_run_without_a_timeline_or_memory_says_so(pca_run: Path, tmp_path: Pat
         site["memory"] = {}
     (older / "summary.json").write_text(json.dumps(summary))
     page = report_of(older).read_text()
-    assert "recorded no states.csv" in page and "No memory was recorded" in page
+    assert "No state of any site was recorded" in page and "No memory was recorded" in page
     assert "<script" not in page
     assert not re.search(r'(src|href)="(?!data:|#)', page), "only data: and in-page links"
 

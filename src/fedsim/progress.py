@@ -172,12 +172,10 @@ class ProgressDisplay:
         if console is not None:
             from rich.live import Live
 
+            # taller than the terminal, the table is cut while it runs (a redraw in place
+            # cannot reach lines scrolled away) and shown whole when the step ends
             self._live = self._stack.enter_context(
-                Live(
-                    console=console,
-                    refresh_per_second=LIVE_REFRESH_PER_SECOND,
-                    vertical_overflow="visible",
-                )
+                Live(console=console, refresh_per_second=LIVE_REFRESH_PER_SECOND)
             )
         return self
 

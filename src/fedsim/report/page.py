@@ -101,8 +101,8 @@ def _timeline(record: RunRecord) -> str:
         return _section(
             "timeline",
             "Timeline",
-            _note("This run recorded no states.csv (runs before fedsim recorded states, or a "
-                  "run that stopped before its sites started): no timeline."),
+            _note("No state of any site was recorded (states.csv is missing or empty: a run made "
+                  "before fedsim kept it, or one that stopped before its sites started)."),
         )  # fmt: skip
     return _section(
         "timeline",
