@@ -11,8 +11,9 @@ The watch loop ticks the display 20 times a second. Every tick reads each site's
 - records each change of a row in the run's timeline, written to ``states.csv``, which
   ``fedsim report`` draws.
 
-Rich redraws the table on its own thread at a few frames a second; a tick only hands it a
-new table when a row changed, so the display costs the run nothing it would notice.
+The table is redrawn only when a row changed, four times a second at most, from the watch
+loop's own thread (no refresh thread), so the display costs the run nothing it would
+notice.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ log = get_logger("run")
 STATUS_TEXT_LIMIT = 200
 """An app's status text is the app's to choose: one line of this many characters at most
 reaches the console (rendering is costly in the length of a line)."""
-LIVE_REFRESH_PER_SECOND = 4
+LIVE_REDRAW_INTERVAL = 0.25
+"""Seconds between two redraws of the live table, at most; it is redrawn only when a row
+changed (and whenever a log line is printed above it)."""
 
 
 def console_text(value: object) -> str:
@@ -164,6 +167,8 @@ class ProgressDisplay:
         self._title = title
         self._logged: dict[str, tuple[Any, Any]] = {}
         self._drawn: list[tuple[Any, ...]] | None = None
+        self._redrawn = 0.0
+        self._stale = False
         self._live: Any = None
         self._stack = ExitStack()
 
@@ -174,9 +179,7 @@ class ProgressDisplay:
 
             # taller than the terminal, the table is cut while it runs (a redraw in place
             # cannot reach lines scrolled away) and shown whole when the step ends
-            self._live = self._stack.enter_context(
-                Live(console=console, refresh_per_second=LIVE_REFRESH_PER_SECOND)
-            )
+            self._live = self._stack.enter_context(Live(console=console, auto_refresh=False))
         return self
 
     def __exit__(
@@ -197,8 +200,12 @@ class ProgressDisplay:
         if self._live is not None:
             drawn = [(*r.state, r.coordinator, r.traffic) for r in rows]
             if drawn != self._drawn:
-                self._drawn = drawn
+                self._drawn, self._stale = drawn, True
                 self._live.update(site_table(rows, self._title) if rows else "")
+            now = time.monotonic()
+            if self._stale and now - self._redrawn >= LIVE_REDRAW_INTERVAL:
+                self._live.refresh()
+                self._redrawn, self._stale = now, False
 
     def _log_changes(self, rows: list[SiteRow]) -> None:
         """A line when a site's app message or progress changes, so long runs show where
