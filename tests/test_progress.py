@@ -9,17 +9,20 @@ import json
 import os
 import pty
 import shutil
+import signal
 import struct
 import subprocess
 import sys
 import termios
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pyte
 import pytest
 
-from tests.conftest import ROOT, fedsim, run_dir_of
+from fedsim.errors import ExitCode
+from tests.conftest import BEHAVE_APP, ROOT, fedsim, run_dir_of, write_run
 
 EXAMPLE = ROOT / "examples" / "mean"
 SITES = ("site-a", "site-b", "site-c")
@@ -37,9 +40,12 @@ def example(tmp_path: Path) -> Path:
     return config
 
 
-def run_on_terminal(*args: str) -> tuple[int, bytes]:
+def run_on_terminal(
+    *args: str, interrupt_when: Callable[[bytes], bool] | None = None
+) -> tuple[int, bytes]:
     """``fedsim ARGS`` with stdin, stdout and stderr on a pseudo-terminal of COLUMNS x LINES;
-    (exit code, every byte it wrote to the terminal)."""
+    (exit code, every byte it wrote to the terminal). Ctrl-C is pressed (SIGINT) once what it
+    wrote so far satisfies ``interrupt_when``."""
     leader, follower = pty.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", LINES, COLUMNS, 0, 0))
     env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "FORCE_COLOR", "CI")}
@@ -54,7 +60,7 @@ def run_on_terminal(*args: str) -> tuple[int, bytes]:
     )
     os.close(follower)
     output = bytearray()
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 180  # past the runs' own timeout (write_config: 120 s)
     while time.monotonic() < deadline:
         try:
             chunk = os.read(leader, 65536)
@@ -63,6 +69,9 @@ def run_on_terminal(*args: str) -> tuple[int, bytes]:
         if not chunk:
             break
         output += chunk
+        if interrupt_when is not None and interrupt_when(bytes(output)):
+            process.send_signal(signal.SIGINT)
+            interrupt_when = None
     os.close(leader)
     return process.wait(timeout=30), bytes(output)
 
@@ -131,3 +140,22 @@ def test_an_apps_text_is_shown_as_text_not_as_markup() -> None:
     console.print(site_table([row], None))
     shown = console.export_text()
     assert message in shown and "25%" in shown and "hub (coordinator)" in shown
+
+
+def test_ctrl_c_on_a_terminal_leaves_the_sites_fate_and_the_cursor(tmp_path: Path) -> None:
+    config = write_run(
+        tmp_path, BEHAVE_APP, {"hub": {"behave": {"hang": True}}, "clinic": {"behave": {}}}
+    )
+
+    def hub_runs_its_first_state(output: bytes) -> bool:
+        rows = [line.split("│") for line in screen_of(output) if line.startswith("│ hub ")]
+        return any(row[2].strip() == "running" and row[3].strip() == "initial" for row in rows)
+
+    code, output = run_on_terminal("run", str(config), interrupt_when=hub_runs_its_first_state)
+    text = "\n".join(screen_of(output))
+    assert code == ExitCode.INTERRUPTED, text
+    assert "interrupted (Ctrl-C)" in text
+    hub = [line for line in text.splitlines() if line.startswith("│ hub (coordinator)")]
+    assert len(hub) == 1 and "stopped" in hub[0], text
+    # the display hid the cursor while it drew, and gave it back
+    assert output.rfind(b"\x1b[?25h") > output.rfind(b"\x1b[?25l") >= 0
