@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from fedsim.logs import counted
-from fedsim.run import progress_text
+from fedsim.progress import progress_text
 from fedsim.sites.applines import app_line_levels
 from tests.conftest import BEHAVE_APP, ROOT, fedsim, run_dir_of, write_run
 

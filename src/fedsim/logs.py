@@ -15,10 +15,18 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 LOGGER_NAME = "fedsim"
 SITE_LOGGER_NAME = "fedsim.site"
 """Lines that come from inside a site: kept in the file, shown on the console only when verbose."""
+
+SHOWN_LIVE = "shown_live"
+"""Mark of records that a live display shows on the terminal (``extra={SHOWN_LIVE: True}``):
+they go to fedsim.log, and to the console only while no live display is drawn."""
 
 LINE_FORMAT = "%(asctime)s %(site)-14s %(component)-6s %(levelname)-7s %(message)s"
 LOG_SITE_FIELD = 1
@@ -72,6 +80,15 @@ class _NotSiteLines(logging.Filter):
         return not record.name.startswith(SITE_LOGGER_NAME)
 
 
+class _NotShownLive(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(record, SHOWN_LIVE, False)
+
+
+_terminal: tuple[logging.Handler, Console] | None = None
+"""The console handler and its Rich console, when the console is a terminal."""
+
+
 def configure_console(verbose: bool = False) -> None:
     """Human-facing output on stderr; stdout is kept for results (the run directory).
 
@@ -79,6 +96,7 @@ def configure_console(verbose: bool = False) -> None:
     from rich.console import Console
     from rich.logging import RichHandler
 
+    global _terminal
     root = logging.getLogger(LOGGER_NAME)
     root.setLevel(logging.DEBUG)
     for handler in list(root.handlers):
@@ -86,6 +104,7 @@ def configure_console(verbose: bool = False) -> None:
             root.removeHandler(handler)
     console = Console(stderr=True)
     handler: logging.Handler
+    _terminal = None
     if console.is_terminal:
         handler = RichHandler(
             console=console,
@@ -95,6 +114,7 @@ def configure_console(verbose: bool = False) -> None:
             log_time_format="[%X]",
         )
         handler.setFormatter(logging.Formatter("%(site)s: %(message)s"))
+        _terminal = (handler, console)
     else:
         # Rich lays a record out in an 80-column table when stderr is a pipe or a file,
         # breaking paths and long lines in two; piped output gets one plain line a record
@@ -108,6 +128,23 @@ def configure_console(verbose: bool = False) -> None:
     if not verbose:
         handler.addFilter(_NotSiteLines())
     root.addHandler(handler)
+
+
+@contextmanager
+def live_console() -> Iterator[Console | None]:
+    """The terminal the console log is shown on, for a live display drawn under its lines
+    (it must be the log's own console, or the two would overwrite each other); None when
+    the console is not a terminal. While held, records marked SHOWN_LIVE stay off it."""
+    if _terminal is None:
+        yield None
+        return
+    handler, console = _terminal
+    hidden = _NotShownLive()
+    handler.addFilter(hidden)
+    try:
+        yield console
+    finally:
+        handler.removeFilter(hidden)
 
 
 class _MergedLogHandler(logging.FileHandler):

@@ -44,12 +44,13 @@ from fedsim.logs import (
     run_log_file,
     site_logger,
 )
+from fedsim.progress import ProgressDisplay, SiteRow, Timeline
 from fedsim.pythons import find_python
 from fedsim.relay.faults import Fault, FaultPlan
 from fedsim.relay.network import NetworkModel
 from fedsim.relay.routing import Routing
 from fedsim.relay.server import RelayServer, TlsListen
-from fedsim.relay.state import RelayState
+from fedsim.relay.state import RelayState, SiteTraffic
 from fedsim.relay.tls import RunCA, ServerCertificate
 from fedsim.rundir import RunDir, directory_digest, iso, new_run_id
 from fedsim.safefiles import Skipped, copy_tree
@@ -63,30 +64,6 @@ WATCH_INTERVAL = 0.05
 PARTICIPANT_GRACE = 10.0
 """After the coordinator finishes, participants get this long to finish on their own."""
 LOG_TAIL_LINES = 20
-
-
-STATUS_TEXT_LIMIT = 200
-"""An app's status text is the app's to choose: one line of this many characters at most
-reaches the console (rendering is costly in the length of a line)."""
-
-
-def console_text(value: object) -> str:
-    text = " ".join(str(value).split())
-    return text if len(text) <= STATUS_TEXT_LIMIT else text[: STATUS_TEXT_LIMIT - 1] + "…"
-
-
-def progress_text(status: dict[str, Any]) -> str | None:
-    """One site's progress line: its message, else its state, and the progress if any.
-
-    None when there is nothing to say: an app that reports neither a message nor a state
-    (engines without messages do) would otherwise log "None" at every change.
-    """
-    text = status.get("message") or status.get("state")
-    progress = status.get("progress")
-    parts = [] if text is None else [console_text(text)]
-    if progress is not None:
-        parts.append(f"({progress:.0%})")
-    return " ".join(parts) or None
 
 
 def agent_launch(config: RunConfig, site: str) -> AgentLaunch:
@@ -171,6 +148,7 @@ class Run:
         self._sites: SiteGroup | None = None
         self._relay_tls: tuple[RunCA, ServerCertificate] | None = None
         self._stopper = Stopper()
+        self.timeline = Timeline()
 
     # --- the record ------------------------------------------------------------------------
 
@@ -350,6 +328,7 @@ class Run:
                 self.run_dir.write_traffic(
                     (s.index, s.relay_state.snapshot()[0]) for s in self.steps if s.relay_state
                 )
+                self.run_dir.write_states(self.timeline.changes)
                 self.run_dir.write_summary(self.summary())
                 shutil.rmtree(private, ignore_errors=True)
                 log.info("run %s %s in %.1f s", self.run_id, self.status, self.ended - self.started)
@@ -382,19 +361,38 @@ class Run:
         if step.label:
             log.info("step %d: %s", step.index, step.config.app.name)
         relay: RelayServer | None = None
-        try:
-            relay = self._start_relay(step, private / f"step-{step.index}")
-            self._start_sites(step, relay)
-            self._watch(step)
-            step.status = "finished"
-        except BaseException:
-            self._stopper.shield()  # from here on the run only stops and records
-            step.status = "failed"
-            raise
-        finally:
-            with self._stopper.deferred():
-                self._stop_and_collect(step, relay)
-                step.ended = time.time()
+        title = f"step {step.index}: {step.config.app.name}" if step.label else None
+        with ProgressDisplay(lambda: self._rows(step), step.index, self.timeline, title) as display:
+            try:
+                relay = self._start_relay(step, private / f"step-{step.index}")
+                self._start_sites(step, relay)
+                self._watch(step, display)
+                step.status = "finished"
+            except BaseException:
+                self._stopper.shield()  # from here on the run only stops and records
+                step.status = "failed"
+                raise
+            finally:
+                with self._stopper.deferred():
+                    self._stop_and_collect(step, relay)
+                    step.ended = time.time()
+
+    @staticmethod
+    def _rows(step: StepRecord) -> list[SiteRow]:
+        """The step's sites as the progress display shows them."""
+        state = step.relay_state
+        statuses = state.site_statuses() if state else {}
+        traffic = state.site_traffic() if state else {}
+        return [
+            SiteRow(
+                name,
+                rec.coordinator,
+                rec.status,
+                statuses.get(name, {}),
+                traffic.get(name, SiteTraffic()),
+            )
+            for name, rec in step.sites.items()
+        ]
 
     def _start_relay(self, step: StepRecord, private: Path) -> RelayServer:
         private.mkdir(mode=0o700)
@@ -481,11 +479,10 @@ class Run:
         self._sites.each("start", spawn)
         self.run_dir.write_summary(self.summary())
 
-    def _watch(self, step: StepRecord) -> None:
+    def _watch(self, step: StepRecord, display: ProgressDisplay) -> None:
         deadline = self.started + self.config.timeout
         coordinator = step.sites[self.config.coordinator.name]
         coordinator_done: float | None = None
-        shown: dict[str, Any] = {}
         last_exit = time.time()
         while True:
             now = time.time()
@@ -510,7 +507,7 @@ class Run:
                 last_exit = now
                 log.info("site %s finished", rec.name)
                 self.run_dir.write_summary(self.summary())
-            self._show_progress(step, shown)
+            display.tick()
             self._check_violations(step)
             self._check_faults(step)
             running = [r for r in step.sites.values() if r.status == "running"]
@@ -619,18 +616,6 @@ class Run:
                 "broadcast_data and await_data an explicit memo."
             )
         return "\n".join(lines)
-
-    def _show_progress(self, step: StepRecord, shown: dict[str, Any]) -> None:
-        """Log each site's app state when it changes, so long runs show where they are."""
-        if step.relay_state is None:
-            return
-        for name, status in step.relay_state.site_statuses().items():
-            view = (status.get("message"), status.get("progress"))
-            if shown.get(name) != view:
-                shown[name] = view
-                line = progress_text(status)
-                if line is not None:
-                    log.info("site %s: %s", name, line)
 
     def _stop_and_collect(self, step: StepRecord, relay: RelayServer | None) -> None:
         now = time.time()

@@ -4,6 +4,8 @@ runs/<run-id>/
     config.toml          the resolved config (no secrets: the TOML holds none)
     fedsim.log           one merged log: orchestrator, relay, agents, apps
     traffic.csv          one row per message: time, sender, receiver, memo, bytes
+    states.csv           one row per change of a site's status or app state
+    report.html          written by fedsim report: the run as one HTML page
     summary.json         status, times, per-site status and traffic
     sites/<name>/output/       what the site's app wrote to /mnt/output
     sites/<name>/results.zip   the same, zipped, as FeatureCloud hands it out
@@ -24,6 +26,7 @@ from typing import Any
 
 import tomli_w
 
+from fedsim.progress import StateChange
 from fedsim.relay.state import TrafficRecord
 from fedsim.safefiles import Skipped, zip_tree
 
@@ -50,6 +53,8 @@ TRAFFIC_COLUMNS = (
 it (it reached the app); ``handed_out``: how often the relay gave it to that agent (more than
 once when an answer was lost); ``fault``: ``dropped`` for a message an injected fault
 dropped."""
+STATES = "states.csv"
+STATES_COLUMNS = ("time", "step", "site", "status", "state", "message", "progress")
 
 
 def new_run_id(name: str | None = None) -> str:
@@ -117,6 +122,16 @@ class RunDir:
                     sent, delivered, read = iso(r.time), iso(r.delivered), iso(r.read)
                     row = [sent, r.sender, r.receiver, memo, r.bytes, r.kind, step, delivered, read]
                     writer.writerow([*row, r.handed_out, r.fault or ""])
+
+    def write_states(self, changes: Iterable[StateChange]) -> None:
+        """The timeline of every site's status and app state (``fedsim report`` draws it)."""
+        with open(self.path / STATES, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(STATES_COLUMNS)
+            for c in sorted(changes, key=lambda c: c.time):
+                progress = "" if c.progress is None else c.progress
+                state, message = c.state or "", c.message or ""
+                writer.writerow([iso(c.time), c.step, c.site, c.status, state, message, progress])
 
     def zip_output(self, site: str, limit: int | None = None) -> list[Skipped]:
         """``sites/<name>/results.zip`` from the site's output: regular files only, never

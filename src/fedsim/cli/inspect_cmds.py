@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from fedsim.rundir import RunDir
 
 RunArg = Annotated[
     str | None, typer.Argument(help="A run directory or run id; the newest run when left out.")
@@ -14,7 +17,8 @@ RunArg = Annotated[
 OutputDirOpt = Annotated[Path, typer.Option("--runs", help="Where runs are kept.")]
 
 
-def _find(run: str | None, runs: Path):  # type: ignore[no-untyped-def]
+def find_or_abort(run: str | None, runs: Path) -> RunDir:
+    """The run named (or the newest), or a short error (exit 2) naming where it looked."""
     from fedsim.cli.output import abort
     from fedsim.errors import ExitCode
     from fedsim.rundir import find_run
@@ -37,7 +41,7 @@ def status(
 
     from fedsim.cli.output import stdout
 
-    run_dir = _find(run, runs)
+    run_dir = find_or_abort(run, runs)
     summary = run_dir.read_summary()
     if json_output:
         stdout.print_json(json.dumps(summary))
@@ -85,7 +89,7 @@ def logs(
     """Print a run's merged log (orchestrator, relay, every site's agent and app)."""
     from fedsim.logs import LOG_SITE_FIELD
 
-    run_dir = _find(run, runs)
+    run_dir = find_or_abort(run, runs)
     if site is not None:
         _check_site(site, run_dir.read_summary())
 

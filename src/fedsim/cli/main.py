@@ -13,6 +13,7 @@ from fedsim.cli import (
     doctor_cmd,
     inspect_cmds,
     provision_cmd,
+    report_cmd,
     run_cmd,
     split_cmd,
 )
@@ -56,6 +57,14 @@ def handles_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-for module in (run_cmd, config_cmds, inspect_cmds, split_cmd, doctor_cmd, provision_cmd):
+for module in (
+    run_cmd,
+    config_cmds,
+    inspect_cmds,
+    report_cmd,
+    split_cmd,
+    doctor_cmd,
+    provision_cmd,
+):
     for name, command in module.COMMANDS.items():
         app.command(name)(handles_errors(command))

@@ -16,7 +16,7 @@ from fedsim.relay.limits import RelayLimits
 from fedsim.relay.network import NetworkModel
 from fedsim.relay.routing import Routing
 
-__all__ = ["APP_KIND", "Message", "RelayState", "TrafficRecord"]
+__all__ = ["APP_KIND", "Message", "RelayState", "SiteTraffic", "TrafficRecord"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,25 @@ class TrafficRecord:
 
 
 @dataclass
+class SiteTraffic:
+    """One site's running totals, kept as messages pass: the live display reads them many
+    times a second, and counting the whole traffic list each time would grow with the run."""
+
+    sent: int = 0
+    bytes_sent: int = 0
+    received: int = 0
+    bytes_received: int = 0
+
+    def count_sent(self, size: int) -> None:
+        self.sent += 1
+        self.bytes_sent += size
+
+    def count_received(self, size: int) -> None:
+        self.received += 1
+        self.bytes_received += size
+
+
+@dataclass
 class RelayState:
     """Shared between the relay's event loop (writes) and the orchestrator thread (reads)."""
 
@@ -74,6 +93,7 @@ class RelayState:
     as malformed or forbidden; read it with ``violations_snapshot``."""
     _mailboxes: dict[str, asyncio.Queue[Message]] = field(default_factory=dict)
     _unacked: dict[int, tuple[str, Message, float]] = field(default_factory=dict)
+    _per_site: dict[str, SiteTraffic] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def site_for_token(self, token: str) -> str | None:
@@ -127,6 +147,8 @@ class RelayState:
                 if self.network is not None:
                     ready = self.network.download(receiver, len(payload), now)
                 records.append((receiver, len(self.traffic), ready))
+                self._per_site.setdefault(sender, SiteTraffic()).count_sent(len(payload))
+                self._per_site.setdefault(receiver, SiteTraffic()).count_received(len(payload))
                 self.traffic.append(
                     TrafficRecord(sent, sender, receiver, memo, len(payload), kind, delivered=ready)
                 )
@@ -222,6 +244,11 @@ class RelayState:
         """The sites' last reported states, without copying the traffic (polled often)."""
         with self._lock:
             return {k: dict(v) for k, v in self.statuses.items()}
+
+    def site_traffic(self) -> dict[str, SiteTraffic]:
+        """Site -> its totals so far (copies: safe to read from any thread)."""
+        with self._lock:
+            return {site: replace(totals) for site, totals in self._per_site.items()}
 
     def memory_report(self, site: str) -> dict[str, Any]:
         with self._lock:
