@@ -218,10 +218,10 @@ def _check_workdir(value: str | None) -> str | None:
     return value
 
 
-def _private_file(value: Path, info: ValidationInfo, what: str) -> Path:
-    """A file of secrets (an env file, a private key): it must exist, be readable by us and
-    by nobody else; the fault names the file and the chmod that mends it."""
-    path = _resolve(value, info)
+def check_private_file(path: Path, what: str) -> None:
+    """A file of secrets (an env file, a private key, a user's featurecloud.ai login): it must
+    exist, be readable by us and by nobody else. Raises ValueError naming the file and the
+    chmod that mends it."""
     if _kind(path) != "file":
         raise ValueError(f"no such file: {path}")
     mode = path.stat().st_mode
@@ -231,6 +231,11 @@ def _private_file(value: Path, info: ValidationInfo, what: str) -> Path:
             f"(mode {stat.S_IMODE(mode):04o}); run: chmod 600 {path}"
         )
     _readable(path)
+
+
+def _private_file(value: Path, info: ValidationInfo, what: str) -> Path:
+    path = _resolve(value, info)
+    check_private_file(path, what)
     return path
 
 
