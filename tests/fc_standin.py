@@ -90,6 +90,8 @@ def _answer(world: StandInWorld, request: Request, body: Any, status: int = 200)
     missing = world.drop.get(request.url.path)
     if missing and isinstance(body, dict):
         body = {k: v for k, v in body.items() if k != missing}
+    elif missing and isinstance(body, list):
+        body = [{k: v for k, v in item.items() if k != missing} for item in body]
     return JSONResponse(body, status_code=status)
 
 
