@@ -15,7 +15,7 @@ import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -380,6 +380,11 @@ class RunConfig(BaseModel):
     capture_payloads: Flag = False
     """Keep every payload that passes the relay under messages/ in the run directory."""
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    platform: Literal["embedded", "featurecloud"] = "embedded"
+    """What runs the app: fedsim's own controller, or featurecloud.ai driven headlessly
+    (every site's ``env_file`` holds its own user's login; local sites only so far)."""
+    project_id: Annotated[int, Field(gt=0, strict=True)] | None = None
+    """With ``platform = "featurecloud"``: reuse this project of the coordinator's."""
     sites: Annotated[list[SiteConfig], Field(min_length=1)]
 
     @field_validator("app", mode="after")
@@ -506,6 +511,7 @@ def _cross_field_faults(raw: dict[str, Any], info: ValidationInfo) -> Iterator[t
             found = ", ".join(coordinators) if coordinators else "none"
             yield ("sites",), f"exactly one site needs coordinator = true; found: {found}"
     yield from _ssh_only_faults(sites)
+    yield from _featurecloud_faults(raw, sites)
 
     yield from _output_dir_faults(raw, steps, sites, info)
     yield from _tolerance_faults(raw, steps, info)
@@ -533,6 +539,29 @@ def _ssh_only_faults(sites: list[tuple[int, dict[str, Any]]]) -> Iterator[tuple[
                     ("sites", i, key),
                     'only for a site on an SSH host: set location = "ssh://HOST" or remove it',
                 )
+
+
+def _featurecloud_faults(
+    raw: dict[str, Any], sites: list[tuple[int, dict[str, Any]]]
+) -> Iterator[tuple[Loc, str]]:
+    """featurecloud.ai needs each participant's own login (its env file); SSH and other
+    placements of its client are not built yet; a project to reuse means nothing without it."""
+    if raw.get("platform") != "featurecloud":
+        if "project_id" in raw:
+            yield ("project_id",), 'only with platform = "featurecloud"'
+        return
+    for i, site in sites:
+        if "env_file" not in site:
+            yield (
+                ("sites", i, "env_file"),
+                'missing: with platform = "featurecloud" each site\'s env file holds its own '
+                "user's FEATURECLOUD_USERNAME and FEATURECLOUD_PASSWORD",
+            )
+        if _is_ssh(site.get("location")):
+            yield (
+                ("sites", i, "location"),
+                'platform = "featurecloud" runs local sites only so far',
+            )
 
 
 def _output_dir_faults(
@@ -695,6 +724,9 @@ app = "apps/mean"
 # shorten_waits = false      # true: shrink the FeatureCloud engine's fixed sleeps
 #                            # (timing only, never results) for faster simulations
 # poll_interval = 0.02       # seconds between the agent's polls of the app
+# platform = "embedded"      # or "featurecloud": featurecloud.ai, each site's env_file
+#                            # holding its own user's login (see README)
+# project_id = 123           # featurecloud: reuse this project instead of creating one
 
 # What each site may use (a site may override any of them in its own [sites.limits]).
 # [limits]

@@ -9,7 +9,7 @@ PlatformError (fedsim.errors)
 
 from __future__ import annotations
 
-from fedsim.errors import ExitCode, PlatformError
+from fedsim.errors import ExitCode, PlatformError, RunFailed
 
 
 class ApiError(PlatformError):
@@ -51,3 +51,10 @@ class ProjectTimeout(PlatformError):
         )
         self.project_id = project_id
         self.stopped = stopped
+
+
+class PlatformRunFailed(RunFailed):
+    """A ``platform = "featurecloud"`` run stopped at one site's step; the run directory
+    holds what was collected, the message names the site, the step and its error."""
+
+    exit_code = ExitCode.PLATFORM
