@@ -9,6 +9,7 @@ and talks to that user's own controller (``FEATURECLOUD_CONTROLLER_URL``, defaul
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -121,7 +122,10 @@ def create(
 
 def join(
     project_id: ProjectId,
-    token: Annotated[str, typer.Argument(help="The token the coordinator gave you.")],
+    token: Annotated[
+        str,
+        typer.Argument(help="The token the coordinator gave you; - reads it from stdin."),
+    ],
     env_file: EnvFile = DEFAULT_ENV,
     min_interval: MinInterval = DEFAULT_INTERVAL,
     verbose: Verbose = False,
@@ -130,6 +134,8 @@ def join(
     from fedsim.cli.output import stdout
     from fedsim.featurecloud.roles import Participant
 
+    if token == "-":  # kept off the command line, where other users of the machine see it
+        token = sys.stdin.readline().strip()
     with _user(env_file, min_interval, verbose) as (website, controller):
         Participant.join(website, controller, project_id, token)
     stdout.print(f"joined project {project_id}", markup=False)

@@ -5,7 +5,8 @@ reads it unchanged).
 Each site acts with its own login only: its commands run as separate ``fedsim fc``
 processes given that site's env file, in an environment stripped of every
 ``FEATURECLOUD_*`` variable; this process never reads a site's credentials. The one-time
-invitation tokens pass from the coordinator's process to each participant's. Local sites
+invitation tokens pass from the coordinator's process to each participant's on stdin, never
+on a command line. Local sites
 only so far; each site's FeatureCloud controller must already be running at the URL of its
 env file (``FEATURECLOUD_CONTROLLER_URL``): starting it (``featurecloud controller start``,
 which needs Docker) is not done by fedsim yet.
@@ -56,7 +57,7 @@ class FeatureCloudRun:
         self.project_id: int | None = config.project_id
         self.site_status = {site.name: "pending" for site in config.sites}
 
-    def _fc(self, site: SiteConfig, *args: str) -> str:
+    def _fc(self, site: SiteConfig, *args: str, stdin: str | None = None) -> str:
         """``fedsim fc ARGS`` as ``site``'s user; its stdout. Its progress lines go to the
         site's log and the merged log; a failure ends the run naming the site."""
         assert site.env_file is not None  # the config requires it on this platform
@@ -68,7 +69,9 @@ class FeatureCloudRun:
             "--min-interval",
             str(self.polling.min_interval),
         ]
-        done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+        done = subprocess.run(
+            command, input=stdin or "", capture_output=True, text=True, env=env, check=False
+        )
         site_dir = self.run_dir.site_dir(site.name)
         site_dir.mkdir(parents=True, exist_ok=True)
         with (site_dir / "site.log").open("a", encoding="utf-8") as site_log:
@@ -117,7 +120,7 @@ class FeatureCloudRun:
         self.project_id = int(created["project_id"])
         project = str(self.project_id)
         for site, token in zip(participants, created["tokens"], strict=True):
-            self._fc(site, "join", project, token)
+            self._fc(site, "join", project, "-", stdin=token)
         timeout = str(self.config.timeout)
         interval = str(self.polling.status_interval)
         with tempfile.TemporaryDirectory(prefix="fedsim-fc-") as tmp:
