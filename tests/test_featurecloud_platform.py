@@ -11,7 +11,9 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from fedsim.cli.main import app
 from fedsim.config import load_config
 from fedsim.errors import ExitCode, RunTimeout
 from fedsim.featurecloud.credentials import CONTROLLER_URL, PASSWORD, USERNAME, WEBSITE_URL
@@ -70,6 +72,9 @@ def test_the_whole_order_across_three_sites_then_a_reused_project_that_never_fin
         assert f"stand-in log of {user}, run 1, step 0" in (site / "site.log").read_text()
         assert "logged in to http://127.0.0.1" in (site / "site.log").read_text()
     assert world.projects[1].members == set(USERS)
+    shown = CliRunner().invoke(app, ["status", str(run_dir)])
+    assert shown.exit_code == 0, shown.output
+    assert "finished" in shown.stdout and "site-c" in shown.stdout
     everything = "".join(p.read_text(errors="replace") for p in run_dir.rglob("*") if p.is_file())
     assert not any(password in everything for password in USERS.values())
 

@@ -32,7 +32,7 @@ from fedsim.errors import ExitCode, RunFailed, RunTimeout
 from fedsim.featurecloud.errors import PlatformRunFailed
 from fedsim.logs import counted, get_logger, run_log_file
 from fedsim.rundir import RunDir, iso, new_run_id
-from fedsim.safefiles import copy_tree, prune_tree
+from fedsim.safefiles import Skipped, copy_tree, prune_tree
 
 log = get_logger("fc")
 
@@ -56,6 +56,7 @@ class FeatureCloudRun:
         self.started = time.time()
         self.project_id: int | None = config.project_id
         self.site_status = {site.name: "pending" for site in config.sites}
+        self.skipped: dict[str, list[dict[str, str]]] = {s.name: [] for s in config.sites}
 
     def _fc(self, site: SiteConfig, *args: str, stdin: str | None = None) -> str:
         """``fedsim fc ARGS`` as ``site``'s user; its stdout. Its progress lines go to the
@@ -154,7 +155,10 @@ class FeatureCloudRun:
                 else site_dir
             )
             target.mkdir(parents=True, exist_ok=True)
-            _unpack(source / "results.zip", target / "output", limit)
+            self.skipped[site.name] += [
+                {"step": str(number), "path": k.path, "reason": k.reason}
+                for k in _unpack(source / "results.zip", target / "output", limit)
+            ]
             shutil.copyfile(source / "results.zip", target / "results.zip")
             with (site_dir / "site.log").open("a", encoding="utf-8") as site_log:
                 site_log.write((source / "log.txt").read_text(encoding="utf-8", errors="replace"))
@@ -177,7 +181,26 @@ class FeatureCloudRun:
             "duration_s": None if ended is None else round(ended - self.started, 3),
             "app": str(self.config.workflow[-1].app),
             "fedsim_version": fedsim.__version__,
-            "sites": {name: {"status": state} for name, state in self.site_status.items()},
+            "messages": None,
+            "bytes": None,
+            "sites": {site.name: self._site_summary(site) for site in self.config.sites},
+        }
+
+    def _site_summary(self, site: SiteConfig) -> dict[str, Any]:
+        """The embedded platform's keys, so ``fedsim status`` reads it; what featurecloud.ai
+        does not let us see (messages, memory, the app's state) is None or empty."""
+        return {
+            "status": self.site_status[site.name],
+            "coordinator": site.coordinator,
+            "exit_code": None,
+            "messages_sent": None,
+            "bytes_sent": None,
+            "messages_received": None,
+            "bytes_received": None,
+            "app": {},
+            "memory": {},
+            "skipped_outputs": self.skipped[site.name],
+            "placement": {"kind": "featurecloud", "project_id": self.project_id},
         }
 
 
@@ -193,10 +216,10 @@ def _input_files(site: SiteConfig, staging: Path) -> list[Path]:
     return sorted(p for p in staging.rglob("*") if p.is_file()) if staging.exists() else []
 
 
-def _unpack(archive: Path, dest: Path, limit: int) -> None:
+def _unpack(archive: Path, dest: Path, limit: int) -> list[Skipped]:
     """Results come from a server: names are sanitised by ``zipfile`` (no absolute paths,
     no ``..``), the total size is held to the site's output limit, and anything but regular
-    files and folders is removed."""
+    files and folders is removed (and returned, to be recorded)."""
     with zipfile.ZipFile(archive) as zf:
         size = sum(info.file_size for info in zf.infolist())
         if size > limit:
@@ -204,7 +227,7 @@ def _unpack(archive: Path, dest: Path, limit: int) -> None:
                 f"{archive.name}: {size} bytes unpacked, over the limit {limit}"
             )
         zf.extractall(dest)
-    prune_tree(dest)
+    return prune_tree(dest)
 
 
 def run_featurecloud(config: RunConfig, polling: Polling | None = None) -> Path:
