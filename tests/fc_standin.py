@@ -57,6 +57,8 @@ class StandInWorld:
     finish_after: int | None = 2
     """Status polls by the coordinator while running before the project is finished; None:
     never finishes."""
+    finish_as: str = "finished"
+    """The status a run ends with ("error" or "failed" to play a failing app)."""
     throttle: int = 0
     """The next this many requests to the website are answered 429."""
     drop: dict[str, str] = field(default_factory=dict)
@@ -214,7 +216,7 @@ def _project_state(world: StandInWorld, project: StandInProject, user: str) -> d
     if project.status == "running" and user == project.owner:
         project.running_polls += 1
         if world.finish_after is not None and project.running_polls > world.finish_after:
-            project.status = "finished"
+            project.status = world.finish_as
     return {
         "id": project.id,
         "name": project.name,

@@ -23,6 +23,7 @@ from fedsim.featurecloud import (
     Coordinator,
     Credentials,
     Participant,
+    ProjectEnded,
     ProjectTimeout,
     Throttled,
 )
@@ -176,14 +177,14 @@ def test_an_expired_access_token_is_refreshed_and_an_expired_refresh_logs_in_aga
     standins: StandIns,
 ) -> None:
     website, _ = standins.user("ana")
-    assert website.user_info()["username"] == "ana"
+    assert website.library() == []
     standins.world.expire_access_tokens()
-    assert website.user_info()["username"] == "ana"
+    assert website.library() == []
     assert standins.world.calls("POST", "/api/auth/token/refresh/") == 1
     assert standins.world.calls("POST", "/api/auth/login/") == 1
     standins.world.expire_access_tokens()
     standins.world.refresh.clear()
-    assert website.user_info()["username"] == "ana"
+    assert website.library() == []
     assert standins.world.calls("POST", "/api/auth/login/") == 2
 
 
@@ -208,7 +209,7 @@ def test_requests_of_one_user_keep_to_the_rate_limit(standins: StandIns) -> None
     website = Website(standins.credentials("ben"), Pacing(min_interval=0.05))
     standins.clients.append(website)
     for _ in range(4):
-        website.user_info()
+        website.library()
     stamps = [t for t, *_ in standins.world.log]
     assert min(b - a for a, b in pairwise(stamps)) >= 0.045
 
@@ -226,6 +227,14 @@ def test_a_project_that_never_finishes_hits_the_timeout_and_is_stopped(
     assert "did not happen within 0.3 s (last status 'running'); it was stopped" in str(
         caught.value
     )
+
+
+def test_a_project_that_ends_in_error_fails_the_monitor(standins: StandIns, tmp_path: Path) -> None:
+    standins.world.finish_as = "error"
+    coordinator = run_project(standins, tmp_path)
+    with pytest.raises(ProjectEnded, match=r"^project 1 ended with status 'error'$") as caught:
+        coordinator.monitor(QUICK)
+    assert caught.value.exit_code == ExitCode.PLATFORM
 
 
 def test_a_participant_waits_for_uploads_to_open_and_gives_up_in_time(
@@ -247,7 +256,7 @@ def test_a_missing_field_names_the_call_the_status_and_the_field(
     standins.world.drop["/api/auth/login/"] = "refresh"
     website, _ = standins.user("ana")
     with pytest.raises(ApiError) as caught:
-        website.user_info()
+        website.library()
     assert str(caught.value) == "POST /api/auth/login/: status 200: missing in the answer: refresh"
     code, _ = fc("apps", user_env=env_file(tmp_path, standins, "ana"))
     assert code == ExitCode.PLATFORM

@@ -46,12 +46,12 @@ class Pacing:
 class HttpClient:
     """Every request of one user to one server goes through ``request``."""
 
-    def __init__(self, base_url: str, pacing: Pacing, headers: Mapping[str, str] = {}) -> None:
+    def __init__(self, base_url: str, pacing: Pacing) -> None:
         self.base_url = base_url.rstrip("/")
         self.pacing = pacing
         self._client = httpx.Client(
             base_url=self.base_url,
-            headers={"User-Agent": USER_AGENT, **headers},
+            headers={"User-Agent": USER_AGENT},
             timeout=pacing.timeout,
             follow_redirects=False,
         )

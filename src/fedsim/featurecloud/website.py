@@ -78,12 +78,6 @@ class Website:
 
     # the calls, one per row of the API's table
 
-    def user_info(self) -> dict[str, Any]:
-        return expect(self.call("GET", "/api/user/info/"), (200,))
-
-    def site_info(self) -> dict[str, Any]:
-        return expect(self.call("GET", "/api/site/"), (200,))
-
     def app_store(self) -> list[dict[str, Any]]:
         return expect_list(self.call("GET", "/api/apps/"), ("id", "slug"))
 
