@@ -30,6 +30,7 @@ import fedsim
 from fedsim.config import RunConfig, SiteConfig
 from fedsim.errors import ExitCode, RunFailed, RunTimeout
 from fedsim.featurecloud.errors import PlatformRunFailed
+from fedsim.featurecloud.http import Pacing
 from fedsim.logs import counted, get_logger, run_log_file
 from fedsim.rundir import RunDir, iso, new_run_id
 from fedsim.safefiles import Skipped, copy_tree, prune_tree
@@ -43,11 +44,13 @@ class Polling:
 
     status_interval: float = 10.0
     """Seconds between two looks at the project's status."""
-    min_interval: float = 0.3
+    min_interval: float = Pacing.min_interval
     """Seconds between two requests of one user."""
 
 
 class FeatureCloudRun:
+    """One run on featurecloud.ai: the order of operations, and its record as it goes."""
+
     def __init__(self, config: RunConfig, polling: Polling) -> None:
         self.config = config
         self.polling = polling
@@ -117,10 +120,9 @@ class FeatureCloudRun:
         create += ["--participants", str(len(participants))]
         if self.project_id is not None:
             create += ["--project-id", str(self.project_id)]
-        created = json.loads(self._fc(coordinator, *create))
-        self.project_id = int(created["project_id"])
+        self.project_id, tokens = _created(self._fc(coordinator, *create), len(participants))
         project = str(self.project_id)
-        for site, token in zip(participants, created["tokens"], strict=True):
+        for site, token in zip(participants, tokens, strict=True):
             self._fc(site, "join", project, "-", stdin=token)
         timeout = str(self.config.timeout)
         interval = str(self.polling.status_interval)
@@ -202,6 +204,18 @@ class FeatureCloudRun:
             "skipped_outputs": self.skipped[site.name],
             "placement": {"kind": "featurecloud", "project_id": self.project_id},
         }
+
+
+def _created(output: str, participants: int) -> tuple[int, list[str]]:
+    """The project and the tokens from ``fedsim fc create --json``'s output."""
+    try:
+        created = json.loads(output)
+        project_id, tokens = int(created["project_id"]), [str(t) for t in created["tokens"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise PlatformRunFailed(f"fedsim fc create printed no project and tokens ({exc})") from exc
+    if len(tokens) != participants:
+        raise PlatformRunFailed(f"fedsim fc create gave {len(tokens)} tokens for {participants}")
+    return project_id, tokens
 
 
 def _input_files(site: SiteConfig, staging: Path) -> list[Path]:
