@@ -192,6 +192,29 @@ def test_a_good_config_validates_with_paths_resolved(tmp_path: Path) -> None:
             "sites[1].ssh_accept_new",
             'valid boolean (got "yes")',
         ),
+        ('platform = "flower"\n' + TWO_SITES, "platform", "'embedded' or 'featurecloud'"),
+        ("project_id = 3\n" + TWO_SITES, "project_id", 'only with platform = "featurecloud"'),
+        (
+            'platform = "featurecloud"\nproject_id = "3"\n' + TWO_SITES,
+            "project_id",
+            'valid integer (got "3")',
+        ),
+        (
+            'platform = "featurecloud"\nproject_id = 0\n' + TWO_SITES,
+            "project_id",
+            "greater than 0",
+        ),
+        (
+            'platform = "featurecloud"\n' + TWO_SITES,
+            "sites[1].env_file",
+            'missing: with platform = "featurecloud" each site\'s env file holds its own',
+        ),
+        (
+            'platform = "featurecloud"\n'
+            + TWO_SITES.replace('name = "b"', 'name = "b"\nlocation = "ssh://h"'),
+            "sites[1].location",
+            'platform = "featurecloud" runs local sites only so far',
+        ),
     ],
 )
 def test_each_config_error_names_file_field_and_fault(

@@ -271,10 +271,10 @@ def _check_workdir(value: str | None) -> str | None:
     return value
 
 
-def _private_file(value: Path, info: ValidationInfo, what: str) -> Path:
-    """A file of secrets (an env file, a private key): it must exist, be readable by us and
-    by nobody else; the fault names the file and the chmod that mends it."""
-    path = _resolve(value, info)
+def check_private_file(path: Path, what: str) -> None:
+    """A file of secrets (an env file, a private key, a user's featurecloud.ai login): it must
+    exist, be readable by us and by nobody else. Raises ValueError naming the file and the
+    chmod that mends it."""
     if _kind(path) != "file":
         raise ValueError(f"no such file: {path}")
     mode = path.stat().st_mode
@@ -284,6 +284,11 @@ def _private_file(value: Path, info: ValidationInfo, what: str) -> Path:
             f"(mode {stat.S_IMODE(mode):04o}); run: chmod 600 {path}"
         )
     _readable(path)
+
+
+def _private_file(value: Path, info: ValidationInfo, what: str) -> Path:
+    path = _resolve(value, info)
+    check_private_file(path, what)
     return path
 
 
@@ -464,6 +469,11 @@ class RunConfig(BaseModel):
     network: NetworkSetting | None = None
     """Every site's link to the relay unless the site says otherwise; default: ideal."""
     faults: list[FaultConfig] = Field(default_factory=list)
+    platform: Literal["embedded", "featurecloud"] = "embedded"
+    """What runs the app: fedsim's own controller, or featurecloud.ai driven headlessly
+    (every site's ``env_file`` holds its own user's login; local sites only so far)."""
+    project_id: Annotated[int, Field(gt=0, strict=True)] | None = None
+    """With ``platform = "featurecloud"``: reuse this project of the coordinator's."""
     sites: Annotated[list[SiteConfig], Field(min_length=1)]
 
     @field_validator("app", mode="after")
@@ -603,6 +613,7 @@ def _cross_field_faults(raw: dict[str, Any], info: ValidationInfo) -> Iterator[t
             yield ("sites",), f"exactly one site needs coordinator = true; found: {found}"
     yield from _ssh_only_faults(sites)
     yield from _injected_fault_faults(raw, names, len(steps) if has_steps else 1)
+    yield from _featurecloud_faults(raw, sites)
 
     yield from _output_dir_faults(raw, steps, sites, info)
     yield from _tolerance_faults(raw, steps, info)
@@ -643,6 +654,29 @@ def _ssh_only_faults(sites: list[tuple[int, dict[str, Any]]]) -> Iterator[tuple[
                     ("sites", i, key),
                     'only for a site on an SSH host: set location = "ssh://HOST" or remove it',
                 )
+
+
+def _featurecloud_faults(
+    raw: dict[str, Any], sites: list[tuple[int, dict[str, Any]]]
+) -> Iterator[tuple[Loc, str]]:
+    """featurecloud.ai needs each participant's own login (its env file); SSH and other
+    placements of its client are not built yet; a project to reuse means nothing without it."""
+    if raw.get("platform") != "featurecloud":
+        if "project_id" in raw:
+            yield ("project_id",), 'only with platform = "featurecloud"'
+        return
+    for i, site in sites:
+        if "env_file" not in site:
+            yield (
+                ("sites", i, "env_file"),
+                'missing: with platform = "featurecloud" each site\'s env file holds its own '
+                "user's FEATURECLOUD_USERNAME and FEATURECLOUD_PASSWORD",
+            )
+        if _is_ssh(site.get("location")):
+            yield (
+                ("sites", i, "location"),
+                'platform = "featurecloud" runs local sites only so far',
+            )
 
 
 def _output_dir_faults(
@@ -805,6 +839,9 @@ app = "apps/mean"
 # shorten_waits = false      # true: shrink the FeatureCloud engine's fixed sleeps
 #                            # (timing only, never results) for faster simulations
 # poll_interval = 0.02       # seconds between the agent's polls of the app
+# platform = "embedded"      # or "featurecloud": featurecloud.ai, each site's env_file
+#                            # holding its own user's login (see README)
+# project_id = 123           # featurecloud: reuse this project instead of creating one
 
 # What each site may use (a site may override any of them in its own [sites.limits]).
 # [limits]

@@ -6,6 +6,8 @@
     ├── SandboxError     this machine cannot build a site sandbox (missing bwrap, ...)
     ├── SiteUnreachable  a site's host cannot be reached or logged into over SSH
     │   └── HostKeyError the host's key is unknown (and not to be trusted) or changed
+    ├── PlatformError    featurecloud.ai or a FeatureCloud controller answered unexpectedly,
+    │                    refused us, or a project ended badly (fedsim.featurecloud.errors)
     └── RunFailed        the run started and did not finish
         ├── SiteFailed   a site's app or agent failed
         │   └── OutputTooLarge  its output passed its byte limit
@@ -34,6 +36,7 @@ class ExitCode(IntEnum):
     COMPARISON = 7
     STALLED = 8
     NOT_READY = 9
+    PLATFORM = 10
     HANGUP = 129
     INTERRUPTED = 130
     TERMINATED = 143
@@ -73,6 +76,13 @@ class SiteUnreachable(FedsimError):
 class HostKeyError(SiteUnreachable):
     """The host's key is not in known_hosts (and ``ssh_accept_new`` is off) or differs from
     the one recorded there: never connected past, whatever the config says."""
+
+
+class PlatformError(FedsimError):
+    """The platform that runs the app (featurecloud.ai, a participant's FeatureCloud
+    controller) gave an answer fedsim cannot use; the message names the call and the status."""
+
+    exit_code = ExitCode.PLATFORM
 
 
 class RunFailed(FedsimError):

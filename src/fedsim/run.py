@@ -651,4 +651,9 @@ class Run:
 
 
 def run(config: RunConfig) -> RunResult:
+    if config.platform == "featurecloud":
+        from fedsim.featurecloud.platform import run_featurecloud
+
+        path = run_featurecloud(config)
+        return RunResult(path, RunDir(path).read_summary())
     return Run(config).execute()

@@ -11,6 +11,7 @@ import typer
 from fedsim.cli import (
     config_cmds,
     doctor_cmd,
+    fc_cmd,
     inspect_cmds,
     provision_cmd,
     report_cmd,
@@ -68,3 +69,11 @@ for module in (
 ):
     for name, command in module.COMMANDS.items():
         app.command(name)(handles_errors(command))
+
+fc = typer.Typer(
+    help="Drive featurecloud.ai as one user, with that user's own .env.",
+    no_args_is_help=True,
+)
+for name, command in fc_cmd.COMMANDS.items():
+    fc.command(name)(handles_errors(command))
+app.add_typer(fc, name="fc")

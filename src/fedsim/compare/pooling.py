@@ -82,7 +82,8 @@ def pool_inputs(config: RunConfig, dest: Path) -> PooledInputs:
 
 
 def centralised_config(config: RunConfig, pooled: PooledInputs, output_dir: Path) -> RunConfig:
-    """The same app (or workflow) and settings, on one site that holds the pooled data."""
+    """The same app (or workflow) and settings, on one site that holds the pooled data, run
+    by fedsim's own controller whatever platform ran the federated side."""
     coordinator = config.coordinator
     site = SiteConfig.model_construct(
         name=CENTRAL_SITE, coordinator=True, inputs=[pooled.folder], env_file=coordinator.env_file
@@ -90,6 +91,8 @@ def centralised_config(config: RunConfig, pooled: PooledInputs, output_dir: Path
     return config.model_copy(
         update={
             "sites": [site],
+            "platform": "embedded",
+            "project_id": None,
             "output_dir": output_dir,
             "name": f"{config.name}-centralised" if config.name else "centralised",
         }
