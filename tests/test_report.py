@@ -144,6 +144,14 @@ def test_the_report_shows_the_run_offline_without_errors(pca_run: Path, browser:
         memos = {(r["step"], r["memo"] or "(no memo)") for r in csv.DictReader(handle)}
     rounds = [r.split()[:2] for r in texts(browser, "#traffic table tbody tr")]
     assert sorted(map(tuple, rounds)) == sorted(memos)
+    # latency: one row per pair of sites that exchanged messages, with their count
+    with open(pca_run / "traffic.csv", newline="") as handle:
+        pairs: dict[tuple[str, str], int] = {}
+        for r in csv.DictReader(handle):
+            pairs[(r["sender"], r["receiver"])] = pairs.get((r["sender"], r["receiver"]), 0) + 1
+    latency = [r.split() for r in texts(browser, "#latency tbody tr")]
+    assert {(r[0], r[1]): int(r[2]) for r in latency} == pairs
+    assert all(r[5] != "-" for r in latency)  # every message reached its app: a time shown
     # the comparison's measures, and its plot decoded and drawn
     comparison = json.loads((pca_run / "comparison.json").read_text())
     measures = [r.split()[0] for r in texts(browser, "#comparison tbody tr")]

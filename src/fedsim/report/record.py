@@ -37,14 +37,14 @@ class RunRecord:
 
     @property
     def start(self) -> float:
-        return _epoch(self.summary["started"])
+        return epoch(self.summary["started"])
 
     @property
     def duration(self) -> float:
         """Seconds from start to end; for a run still going (or killed), to its last
         recorded moment."""
         if self.summary.get("ended"):
-            return _epoch(self.summary["ended"]) - self.start
+            return epoch(self.summary["ended"]) - self.start
         times = [0.0, *self.traffic["time"]]
         if self.states is not None:
             times += list(self.states["time"])
@@ -55,13 +55,13 @@ class RunRecord:
         return list(self.summary["sites"])
 
 
-def _epoch(stamp: str) -> float:
+def epoch(stamp: str) -> float:
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
 def _relative(frame: pd.DataFrame, start: float) -> pd.DataFrame:
     frame = frame.copy()
-    frame["time"] = [_epoch(t) - start for t in frame["time"]]
+    frame["time"] = [epoch(t) - start for t in frame["time"]]
     return frame
 
 
@@ -80,7 +80,7 @@ def _json(path: Path) -> dict[str, Any] | None:
 def read_run(run_dir: RunDir) -> RunRecord:
     path = run_dir.path
     summary = run_dir.read_summary()
-    start = _epoch(summary["started"])
+    start = epoch(summary["started"])
     traffic = _csv(path / TRAFFIC, start)
     if traffic is None:
         traffic = pd.DataFrame(columns=["time", "sender", "receiver", "memo", "bytes", "step"])
