@@ -43,6 +43,9 @@ class FedsimError(Exception):
     exit_code: ExitCode = ExitCode.CONFIG
     run_dir: str | None = None
     """Set once a run directory exists: the CLI prints it last, whatever went wrong."""
+    logged: bool = False
+    """Set once the run has logged the whole message (a site's last lines, a stall report):
+    the CLI then repeats only its first line, so a traceback is not printed twice."""
 
 
 class ConfigError(FedsimError):

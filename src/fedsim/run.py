@@ -47,6 +47,7 @@ from fedsim.pythons import find_python
 from fedsim.relay import RelayServer, RelayState, Routing
 from fedsim.rundir import RunDir, directory_digest, iso, new_run_id
 from fedsim.safefiles import Skipped, copy_tree
+from fedsim.sites.applines import with_host_path
 from fedsim.sites.base import AgentLaunch, AppBundle, Placement, RunningSite, SiteStep
 from fedsim.sites.factory import make_placements
 from fedsim.sites.group import SiteGroup
@@ -110,10 +111,14 @@ class SiteRecord:
     started: float | None = None
     ended: float | None = None
     skipped_outputs: list[Skipped] = field(default_factory=list)
+    app_dir: Path | None = None
+    """The app's folder on this machine: its tracebacks name files there, not in /app."""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def on_line(self, line: str) -> None:
         component, level, message = parse_site_line(line)
+        if component == "app" and self.app_dir is not None:
+            message = with_host_path(message, self.app_dir)
         site_logger().log(level, "%s", message, extra={"site": self.name, "component": component})
         with self.lock:
             self.tail.append(f"{component}: {message}")
@@ -334,6 +339,7 @@ class Run:
     def _fail(self, error: RunFailed, cause: BaseException) -> None:
         self.status, self.error = "failed", str(error)
         log.error("%s", error)
+        error.logged = True
         error.run_dir = str(self.run_dir.path)
         raise error from (None if cause is error else cause)
 
@@ -409,7 +415,9 @@ class Run:
             if step.label:
                 log_paths += (self.run_dir.site_dir(cfg.name) / "site.log",)
             step_dir.mkdir(parents=True, exist_ok=True)
-            rec = SiteRecord(cfg.name, cfg.coordinator, step_dir / "output", log_paths)
+            rec = SiteRecord(
+                cfg.name, cfg.coordinator, step_dir / "output", log_paths, app_dir=step.config.app
+            )
             step.sites[cfg.name] = rec
 
         def put_inputs(name: str, placement: Placement) -> None:
@@ -454,7 +462,7 @@ class Run:
                     where = f" in step {step.index} ({step.config.app.name})" if step.label else ""
                     why = rec.running.failure() or f"exit code {code}"
                     raise SiteFailed(
-                        f"site {rec.name} failed{where} ({why}); "
+                        f"site {rec.name} failed{where} ({why})\n"
                         f"last lines of its log:\n{rec.tail_text()}"
                     )
                 rec.status = "finished"
@@ -500,7 +508,7 @@ class Run:
             if rec is not None and rec.status == "running":
                 rec.status, rec.ended = "failed", time.time()
                 raise SiteFailed(
-                    f"site {site} failed (the relay refused what it sent: {message}); "
+                    f"site {site} failed (the relay refused what it sent: {message})\n"
                     f"last lines of its log:\n{rec.tail_text()}"
                 )
 

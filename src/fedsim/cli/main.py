@@ -19,6 +19,7 @@ app = typer.Typer(
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
+NEWLINE = "\n"
 
 
 def handles_errors(func: F) -> F:
@@ -37,8 +38,11 @@ def handles_errors(func: F) -> F:
 
                 from fedsim.cli.output import stderr
 
+                message = str(exc)
+                if exc.logged and "\n" in message:
+                    message = f"{message.partition(NEWLINE)[0]} (details above and in fedsim.log)"
                 stderr.print(
-                    f"[bold red]run failed:[/] {escape(str(exc))}", markup=True, highlight=False
+                    f"[bold red]run failed:[/] {escape(message)}", markup=True, highlight=False
                 )
                 stdout.print(
                     exc.run_dir, markup=False
