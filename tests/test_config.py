@@ -328,9 +328,10 @@ def test_tolerances_are_checked_against_the_last_steps_app(tmp_path: Path) -> No
     path = workflow(tmp_path, BEHAVE_APP, good)  # an app fedsim has no measures for
     assert lines_of(path) == [
         f"{path}: compare.tolerances.max_rel_mean_diff: no such measure: app 'behave' is not "
-        "one fedsim knows, so its measures are max_abs_diff:<file>.csv, one per CSV output"
+        "one fedsim knows, so its tolerances are max_abs_diff:<file>[:<column>] and "
+        "max_rel_diff:<file>[:<column>], per output file or column"
     ]
-    generic = "[compare.tolerances]\n'max_abs_diff:out.csv' = 0.1\n"
+    generic = "[compare.tolerances]\n'max_abs_diff:out.csv' = 0.1\n'max_rel_diff:r.json:a' = 0.1\n"
     assert load_config(workflow(tmp_path, BEHAVE_APP, generic)).compare.tolerances
     forest = ROOT / "apps" / "random-forest"
     path = workflow(tmp_path, forest, "[compare.tolerances]\nfederated_accuracy = 0.9\n")

@@ -12,7 +12,8 @@
         ├── RunTimeout   the config's timeout ran out
         ├── RunStalled   nothing happened for the config's stall_timeout
         ├── Interrupted  Ctrl-C, SIGTERM or SIGHUP ended the run
-        └── ComparisonFailed  federated and centralised differ beyond a tolerance
+        └── ComparisonFailed  federated and centralised differ beyond a tolerance, or
+                              nothing could be compared
 
 Errors from libraries underneath are translated at the boundary with ``raise ... from``.
 """
@@ -116,7 +117,8 @@ class Interrupted(RunFailed):
 
 
 class ComparisonFailed(RunFailed):
-    """Both runs finished, but a measure is outside its tolerance."""
+    """Both runs finished, but a measure is outside its tolerance, or there was nothing to
+    compare (no output of the app could be lined up): neither may read as a pass."""
 
     exit_code = ExitCode.COMPARISON
 

@@ -24,6 +24,8 @@ class PooledInputs:
     folder: Path
     offsets: dict[str, dict[str, int]]
     """CSV name -> site -> index of the site's first row in the pooled file."""
+    totals: dict[str, int]
+    """CSV name -> rows in the pooled file (where the last site's share ends)."""
 
 
 def _site_files(site: SiteConfig) -> dict[str, Path]:
@@ -48,6 +50,7 @@ def pool_inputs(config: RunConfig, dest: Path) -> PooledInputs:
     per_site = {site.name: _site_files(site) for site in config.sites}
     names = sorted({name for files in per_site.values() for name in files})
     offsets: dict[str, dict[str, int]] = {}
+    totals: dict[str, int] = {}
     for name in names:
         target = dest / name
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -78,7 +81,8 @@ def pool_inputs(config: RunConfig, dest: Path) -> PooledInputs:
             if header is not None:
                 writer.writerow(header)
             writer.writerows(rows)
-    return PooledInputs(dest, offsets)
+        totals[name] = len(rows)
+    return PooledInputs(dest, offsets, totals)
 
 
 def centralised_config(config: RunConfig, pooled: PooledInputs, output_dir: Path) -> RunConfig:
