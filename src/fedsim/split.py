@@ -52,6 +52,10 @@ POOLED_DIR = "pooled"
 APP_CONFIG_FILE = "config.yml"
 RECORD_FILE = "split.json"
 CONFIG_FILE = "fedsim.toml"
+SPLIT_TIMEOUT = 900
+SPLIT_STALL_TIMEOUT = 60
+"""The written config's limits: a split is for trying an app out, and an app that hangs
+should say so within a minute, not after the default hour."""
 SITE_DIR_PATTERN = re.compile(r"^site-\d+$")
 
 
@@ -301,6 +305,8 @@ def write_split(
         "app": _app_reference(app_path, out),
         "seed": seed,
         "shorten_waits": True,
+        "timeout": SPLIT_TIMEOUT,
+        "stall_timeout": SPLIT_STALL_TIMEOUT,
         "sites": [
             {"name": site, **({"coordinator": True} if k == 0 else {}), "inputs": [site, *extra]}
             for k, site in enumerate(names)
@@ -310,6 +316,7 @@ def write_split(
     header = (
         f"# Written by `fedsim split` ({strategy}, seed {seed}); how: {RECORD_FILE}.\n"
         f"# The centralised run's data: {POOLED_DIR}/{DATA_FILE}.\n"
+        f"# timeout and stall_timeout in seconds: raise them for a slow app or a big data set.\n"
     )
     config_path.write_text(header + tomli_w.dumps(config), encoding="utf-8")
 

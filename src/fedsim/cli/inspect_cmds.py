@@ -60,7 +60,34 @@ def status(
             f"{site['messages_received']} msg / {site['bytes_received']} B",
         )
     stdout.print(table)
+    _show_comparison(run_dir.path)
     stdout.print(str(run_dir.path))
+
+
+def _show_comparison(path: Path) -> None:
+    """A federated run's comparison: while ``fedsim compare`` runs, the federated run is
+    already finished, and without this line status would read as "all done"."""
+    import json
+
+    from fedsim.cli.output import stdout
+    from fedsim.compare import CENTRAL_RUNS, COMPARISON
+    from fedsim.rundir import find_run
+
+    try:
+        central = find_run(None, path / CENTRAL_RUNS)
+    except FileNotFoundError:
+        return
+    summary = central.read_summary()
+    duration = "" if summary["duration_s"] is None else f" in {summary['duration_s']} s"
+    state = summary["status"]
+    if state == "running":
+        app = next(iter(summary["sites"].values()), {}).get("app", {})
+        state += f" (app state: {app.get('message') or app.get('state') or 'starting'})"
+    stdout.print(f"centralised run {summary['run_id']}: [bold]{state}[/]{duration}")
+    if (path / COMPARISON).is_file():
+        comparison = json.loads((path / COMPARISON).read_text())
+        verdict = "passed" if comparison["passed"] else f"failed: {comparison.get('problem')}"
+        stdout.print(f"comparison: {verdict}", markup=False)
 
 
 def _check_site(site: str, summary: dict[str, Any]) -> None:

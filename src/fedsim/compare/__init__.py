@@ -11,12 +11,20 @@ from typing import Any
 
 from fedsim.compare.generic import Skipped
 from fedsim.compare.measures import MEASURES, Measure, Outputs, generic
-from fedsim.compare.pooling import CENTRAL_SITE, centralised_config, pool_inputs
+from fedsim.compare.pooling import (
+    CENTRAL_SITE,
+    centralised_config,
+    centralised_timeout,
+    pool_inputs,
+)
 from fedsim.config import RunConfig
 from fedsim.logs import counted, get_logger
+from fedsim.rundir import RunDir
 
 log = get_logger("compare")
 COMPARISON = "comparison.json"
+CENTRAL_RUNS = "centralised"
+"""Where the centralised run is kept, inside the federated run's directory."""
 
 
 @dataclass(frozen=True)
@@ -61,13 +69,16 @@ def compare(
     from fedsim.compare.plots import draw
     from fedsim.run import run
 
-    record = federated_run / "centralised"
+    record = federated_run / CENTRAL_RUNS
     pooled = pool_inputs(config, record / "pooled-input")
     log.info(
         "centralised run of the same app on the pooled data of %s",
         counted(len(config.sites), "site"),
     )
-    central = run(centralised_config(config, pooled, record))
+    federated_duration = RunDir(federated_run).read_summary().get("duration_s")
+    timeout = centralised_timeout(config, federated_duration)
+    log.info("centralised run: timeout %g s, stall_timeout %g s", timeout, config.stall_timeout)
+    central = run(centralised_config(config, pooled, record, timeout))
     app = config.workflow[-1].app.name
     outputs = Outputs(
         federated={s.name: federated_run / "sites" / s.name / "output" for s in config.sites},

@@ -85,7 +85,24 @@ def pool_inputs(config: RunConfig, dest: Path) -> PooledInputs:
     return PooledInputs(dest, offsets, totals)
 
 
-def centralised_config(config: RunConfig, pooled: PooledInputs, output_dir: Path) -> RunConfig:
+CENTRAL_TIMEOUT_FACTOR = 10
+CENTRAL_TIMEOUT_MIN = 300.0
+"""The centralised run's timeout: ten times the federated run's duration, at least five
+minutes, at most the config's own. One site computes on all the data, so it may take longer
+than each federated site, but an hour (the default timeout) of waiting for a run that the
+federated one did in seconds explains nothing; the stall detection covers the usual hang."""
+
+
+def centralised_timeout(config: RunConfig, federated_duration: float | None) -> float:
+    if federated_duration is None:
+        return float(config.timeout)
+    wanted = max(CENTRAL_TIMEOUT_MIN, CENTRAL_TIMEOUT_FACTOR * federated_duration)
+    return float(min(config.timeout, wanted))
+
+
+def centralised_config(
+    config: RunConfig, pooled: PooledInputs, output_dir: Path, timeout: float
+) -> RunConfig:
     """The same app (or workflow) and settings, on one site that holds the pooled data."""
     coordinator = config.coordinator
     site = SiteConfig.model_construct(
@@ -95,6 +112,7 @@ def centralised_config(config: RunConfig, pooled: PooledInputs, output_dir: Path
         update={
             "sites": [site],
             "output_dir": output_dir,
+            "timeout": timeout,
             "name": f"{config.name}-centralised" if config.name else "centralised",
         }
     )
