@@ -134,7 +134,7 @@ class Outputs:
         return pd.concat(parts).set_index("row").sort_index()
 
 
-def _coefficients(outputs: Outputs) -> tuple[pd.Series, pd.Series]:
+def coefficient_pair(outputs: Outputs) -> tuple[pd.Series, pd.Series]:
     fed = pd.read_csv(outputs.coordinator / "coefficients.csv").set_index("term")["coefficient"]
     central = pd.read_csv(outputs.central / "coefficients.csv").set_index("term")["coefficient"]
     return fed, central.reindex(fed.index)
@@ -173,7 +173,7 @@ def pca(outputs: Outputs, tol: dict[str, float]) -> list[Measure]:
 
 
 def linear_regression(outputs: Outputs, tol: dict[str, float]) -> list[Measure]:
-    fed, central = _coefficients(outputs)
+    fed, central = coefficient_pair(outputs)
     r2 = abs(_metric(outputs.coordinator, "r2") - _metric(outputs.central, "r2"))
     return [
         judged(
@@ -185,11 +185,18 @@ def linear_regression(outputs: Outputs, tol: dict[str, float]) -> list[Measure]:
     ]
 
 
+def prediction_pair(outputs: Outputs, app: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Both runs' predictions.csv on the same pooled rows: the forest predicts test rows
+    when the sites hold a test.csv (``fedsim split --test-fraction``), else training rows."""
+    test = app == "random-forest" and "test.csv" in outputs.offsets
+    fed = outputs.stacked("predictions.csv", "test.csv" if test else "data.csv")
+    central = pd.read_csv(outputs.central / "predictions.csv").set_index("row").loc[fed.index]
+    return fed, central
+
+
 def logistic_regression(outputs: Outputs, tol: dict[str, float]) -> list[Measure]:
-    fed, central = _coefficients(outputs)
-    fed_pred = outputs.stacked("predictions.csv", "data.csv")
-    central_pred = pd.read_csv(outputs.central / "predictions.csv").set_index("row")
-    central_pred = central_pred.loc[fed_pred.index]
+    fed, central = coefficient_pair(outputs)
+    fed_pred, central_pred = prediction_pair(outputs, "logistic-regression")
     fed_acc = float((fed_pred["predicted"] == fed_pred["y"]).mean())
     central_acc = float((central_pred["predicted"] == central_pred["y"]).mean())
     return [
@@ -210,9 +217,7 @@ def logistic_regression(outputs: Outputs, tol: dict[str, float]) -> list[Measure
 def random_forest(outputs: Outputs, tol: dict[str, float]) -> list[Measure]:
     from sklearn.metrics import roc_auc_score
 
-    rows_from = "test.csv" if "test.csv" in outputs.offsets else "data.csv"
-    fed = outputs.stacked("predictions.csv", rows_from)
-    central = pd.read_csv(outputs.central / "predictions.csv").set_index("row").loc[fed.index]
+    fed, central = prediction_pair(outputs, "random-forest")
     measures = []
     for label, frame in (("federated", fed), ("centralised", central)):
         measures.append(reported(f"{label}_accuracy", float((frame.predicted == frame.y).mean())))
