@@ -264,15 +264,15 @@ def test_a_missing_input_is_reported_before_any_site_starts(tmp_path: Path) -> N
     assert not (tmp_path / "runs").exists()  # nothing was started, not even a run directory
 
 
-def test_init_writes_a_template_that_validates_once_its_paths_exist(tmp_path: Path) -> None:
-    target = tmp_path / "fedsim.toml"
+def test_init_writes_a_config_that_validates_as_written(tmp_path: Path) -> None:
+    target = tmp_path / "study" / "fedsim.toml"
     assert runner.invoke(app, ["init", str(target)]).exit_code == 0
-    assert runner.invoke(app, ["init", str(target)]).exit_code == ExitCode.CONFIG  # no overwrite
-    (tmp_path / "data" / "site-a").mkdir(parents=True)
-    (tmp_path / "data" / "site-b").mkdir(parents=True)
-    target.write_text(target.read_text().replace('"apps/mean"', f'"{MEAN_APP}"'))
     code, output = validate(target)
     assert code == 0, output
+    assert "app column-stats, 3 sites" in output
+    again = runner.invoke(app, ["init", str(target)])
+    assert again.exit_code == ExitCode.CONFIG and "--force" in again.output  # no overwrite
+    assert runner.invoke(app, ["init", str(target), "--force"]).exit_code == 0
 
 
 def lines_of(path: Path) -> list[str]:

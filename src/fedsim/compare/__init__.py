@@ -69,6 +69,7 @@ def compare(
     from fedsim.compare.plots import draw
     from fedsim.run import run
 
+    federated_run = federated_run.resolve()  # comparison.json names it wherever it is read
     record = federated_run / CENTRAL_RUNS
     pooled = pool_inputs(config, record / "pooled-input")
     log.info(
