@@ -115,15 +115,16 @@ def _row_offset(
     offsets: dict[str, dict[str, int]], site: str, rows: int, totals: dict[str, int]
 ) -> int:
     """Where the site's row 0 is in the pooled data: the pooled CSV whose share of this site
-    has as many rows as the site's file (a file of predictions has one per input row)."""
-    candidates = [name for name, per_site in offsets.items() if site in per_site]
-    for name in candidates:
-        starts = sorted(offsets[name].values())
-        start = offsets[name][site]
-        later = [s for s in starts if s > start]
-        if (later[0] if later else totals[name]) - start == rows:
+    has as many rows as the site's file (a file of predictions has one per input row). 0
+    when none has: the file is not per input row (a model, say) and its keys are its own."""
+    for name, per_site in offsets.items():
+        if site not in per_site:
+            continue
+        start = per_site[site]
+        later = [s for s in per_site.values() if s > start]
+        if min(later, default=totals[name]) - start == rows:
             return start
-    return offsets[candidates[0]][site] if len(candidates) == 1 else 0
+    return 0
 
 
 def _table_pairs(
