@@ -70,8 +70,7 @@ def _show_comparison(path: Path) -> None:
     import json
 
     from fedsim.cli.output import stdout
-    from fedsim.compare import CENTRAL_RUNS, COMPARISON
-    from fedsim.rundir import find_run
+    from fedsim.rundir import CENTRAL_RUNS, COMPARISON, find_run
 
     try:
         central = find_run(None, path / CENTRAL_RUNS)

@@ -19,12 +19,9 @@ from fedsim.compare.pooling import (
 )
 from fedsim.config import RunConfig
 from fedsim.logs import counted, get_logger
-from fedsim.rundir import RunDir
+from fedsim.rundir import CENTRAL_RUNS, COMPARISON, RunDir
 
 log = get_logger("compare")
-COMPARISON = "comparison.json"
-CENTRAL_RUNS = "centralised"
-"""Where the centralised run is kept, inside the federated run's directory."""
 
 
 @dataclass(frozen=True)
