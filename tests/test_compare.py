@@ -87,7 +87,8 @@ def test_federated_equals_centralised(tmp_path: Path, app: str, strategy: str, s
     measures = {m["name"]: m for m in comparison["measures"]}
     name, promised = TOLERANCES[app]
     assert measures[name]["value"] <= promised
-    assert all(m["passed"] for m in measures.values())
+    # judged measures passed; reported ones (federated_accuracy) give no verdict
+    assert all(m["passed"] is (True if m["judged"] else None) for m in measures.values())
     for plot in comparison["plots"]:
         assert (run_dir / plot).read_bytes().startswith(b"\x89PNG")
     assert comparison["plots"]  # every bundled app but the forest draws at least one picture

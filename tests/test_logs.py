@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import logging
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -153,3 +155,16 @@ def test_app_line_levels() -> None:
     ]
     e, w, i, d = logging.ERROR, logging.WARNING, logging.INFO, logging.DEBUG
     assert app_line_levels(lines) == [i, e, w, d, i, e, e, e, e, i, e, e, e, e, i, e, e, e]
+
+
+def test_logs_piped_into_a_reader_that_stops_early_end_normally(good_run) -> None:
+    """``fedsim logs | head`` or ``| grep -m1``: the closed pipe is the reader's choice."""
+    run_dir, _ = good_run
+    command = f'"{sys.executable}" -m fedsim logs "{run_dir}" | head -1'
+    result = subprocess.run(
+        ["bash", "-c", f"set -o pipefail; for i in 1 2 3 4 5; do {command}; done"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 5 and not result.stderr

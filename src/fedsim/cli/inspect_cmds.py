@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -119,16 +121,21 @@ def logs(
         fields = line.split(None, LOG_SITE_FIELD + 1)
         return site is None or (len(fields) > LOG_SITE_FIELD and fields[LOG_SITE_FIELD] == site)
 
-    with open(run_dir.log_path, encoding="utf-8") as handle:
-        while True:
-            line = handle.readline()
-            if line:
-                if wanted(line):
-                    typer.echo(line, nl=False)
-                continue
-            if not follow or run_dir.read_summary()["status"] != "running":
-                break
-            time.sleep(0.2)
+    try:
+        with open(run_dir.log_path, encoding="utf-8") as handle:
+            while True:
+                line = handle.readline()
+                if line:
+                    if wanted(line):
+                        typer.echo(line, nl=False)
+                    continue
+                if not follow or run_dir.read_summary()["status"] != "running":
+                    break
+                time.sleep(0.2)
+    except BrokenPipeError:
+        # the reader has what it wanted (``fedsim logs | head``, ``grep -m1``): a normal end,
+        # not a failure; stdout goes to /dev/null so that its final flush cannot fail too
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 COMMANDS = {"status": status, "logs": logs}
