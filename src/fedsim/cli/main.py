@@ -19,7 +19,6 @@ app = typer.Typer(
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
-NEWLINE = "\n"
 
 
 def handles_errors(func: F) -> F:
@@ -39,8 +38,8 @@ def handles_errors(func: F) -> F:
                 from fedsim.cli.output import stderr
 
                 message = str(exc)
-                if exc.logged and "\n" in message:
-                    message = f"{message.partition(NEWLINE)[0]} (details above and in fedsim.log)"
+                if exc.logged and "\n" in message:  # the run logged it all: one line here
+                    message = f"{message.splitlines()[0]} (details above and in fedsim.log)"
                 stderr.print(
                     f"[bold red]run failed:[/] {escape(message)}", markup=True, highlight=False
                 )
