@@ -288,15 +288,15 @@ def test_a_missing_input_is_reported_before_any_site_starts(tmp_path: Path) -> N
     assert not (tmp_path / "runs").exists()  # nothing was started, not even a run directory
 
 
-def test_init_writes_a_template_that_validates_once_its_paths_exist(tmp_path: Path) -> None:
-    target = tmp_path / "fedsim.toml"
+def test_init_writes_a_config_that_validates_as_written(tmp_path: Path) -> None:
+    target = tmp_path / "study" / "fedsim.toml"
     assert runner.invoke(app, ["init", str(target)]).exit_code == 0
-    assert runner.invoke(app, ["init", str(target)]).exit_code == ExitCode.CONFIG  # no overwrite
-    (tmp_path / "data" / "site-a").mkdir(parents=True)
-    (tmp_path / "data" / "site-b").mkdir(parents=True)
-    target.write_text(target.read_text().replace('"apps/mean"', f'"{MEAN_APP}"'))
     code, output = validate(target)
     assert code == 0, output
+    assert "app column-stats, 3 sites" in output
+    again = runner.invoke(app, ["init", str(target)])
+    assert again.exit_code == ExitCode.CONFIG and "--force" in again.output  # no overwrite
+    assert runner.invoke(app, ["init", str(target), "--force"]).exit_code == 0
 
 
 def lines_of(path: Path) -> list[str]:
@@ -352,9 +352,10 @@ def test_tolerances_are_checked_against_the_last_steps_app(tmp_path: Path) -> No
     path = workflow(tmp_path, BEHAVE_APP, good)  # an app fedsim has no measures for
     assert lines_of(path) == [
         f"{path}: compare.tolerances.max_rel_mean_diff: no such measure: app 'behave' is not "
-        "one fedsim knows, so its measures are max_abs_diff:<file>.csv, one per CSV output"
+        "one fedsim knows, so its tolerances are max_abs_diff:<file>[:<column>] and "
+        "max_rel_diff:<file>[:<column>], per output file or column"
     ]
-    generic = "[compare.tolerances]\n'max_abs_diff:out.csv' = 0.1\n"
+    generic = "[compare.tolerances]\n'max_abs_diff:out.csv' = 0.1\n'max_rel_diff:r.json:a' = 0.1\n"
     assert load_config(workflow(tmp_path, BEHAVE_APP, generic)).compare.tolerances
     forest = ROOT / "apps" / "random-forest"
     path = workflow(tmp_path, forest, "[compare.tolerances]\nfederated_accuracy = 0.9\n")

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import csv
 import logging
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -79,6 +82,11 @@ def test_an_older_template_app_logs_no_none_states_and_empty_memos(tmp_path: Pat
     with open(run_dir / "traffic.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert rows and {row["memo"] for row in rows} == {""}
+    # the older template prints a line at every status poll: counted, not logged
+    log = (run_dir / "fedsim.log").read_text()
+    assert "GET /status" not in log
+    counts = [int(n) for n in re.findall(r"app +INFO +(\d+) status polls of the agent left", log)]
+    assert len(counts) == 2 and min(counts) > 10, counts
 
 
 def test_progress_text_says_nothing_rather_than_none() -> None:
@@ -115,6 +123,13 @@ def test_a_failing_apps_traceback_is_logged_at_error(tmp_path: Path) -> None:
     assert {fields[3] for fields in lines[start : end + 1]} == {"ERROR"}
     engine_info = [f for f in lines if "[Level: info]" in f[4] and "Traceback" not in f[4]]
     assert engine_info and {f[3] for f in engine_info} == {"INFO"}
+    # the traceback is shown once, naming the app's file on this machine, not /app
+    assert result.stderr.count("Traceback (most recent call last)") == 1, result.stderr
+    host_frame = f'File "{BEHAVE_APP / "states.py"}", line'
+    assert host_frame in result.stderr
+    assert host_frame in (run_dir / "sites" / "clinic" / "site.log").read_text()
+    assert 'File "/app/' not in (run_dir / "fedsim.log").read_text()
+    assert "run failed: site clinic failed" in result.stderr
 
 
 def test_app_line_levels() -> None:
@@ -140,3 +155,16 @@ def test_app_line_levels() -> None:
     ]
     e, w, i, d = logging.ERROR, logging.WARNING, logging.INFO, logging.DEBUG
     assert app_line_levels(lines) == [i, e, w, d, i, e, e, e, e, i, e, e, e, e, i, e, e, e]
+
+
+def test_logs_piped_into_a_reader_that_stops_early_end_normally(good_run) -> None:
+    """``fedsim logs | head`` or ``| grep -m1``: the closed pipe is the reader's choice."""
+    run_dir, _ = good_run
+    command = f'"{sys.executable}" -m fedsim logs "{run_dir}" | head -1'
+    result = subprocess.run(
+        ["bash", "-c", f"set -o pipefail; for i in 1 2 3 4 5; do {command}; done"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 5 and not result.stderr

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, fedsim, run_dir_of
+from tests.conftest import BEHAVE_APP, ROOT, fedsim, run_dir_of, write_run
 
 
 @pytest.mark.slow
@@ -38,3 +38,38 @@ def test_shortened_waits_give_the_same_outputs_faster(tmp_path: Path) -> None:
     assert outputs[True] == outputs[False]
     # the real engine sleeps 10 s before it reports finished; the shortened one does not
     assert durations[True] + 8 < durations[False], durations
+
+
+def vendored_engine_app(dest: Path) -> Path:
+    """The behave app as FeatureCloud's template lays it out: the engine and its controller
+    API copied into the app (``engine/app.py``, ``api/http_ctrl.py``), not imported from the
+    FeatureCloud package. The copies come from the package in the app's own environment."""
+    from fedsim.appenv import ensure_app_env
+
+    package = next(ensure_app_env(BEHAVE_APP).glob("lib/python*/site-packages/FeatureCloud"))
+    shutil.copytree(BEHAVE_APP, dest)
+    for source, target in (("app/engine/app.py", "engine"), ("app/api/http_ctrl.py", "api")):
+        (dest / target).mkdir()
+        text = (package / source).read_text().replace("FeatureCloud.app.engine.app", "engine.app")
+        (dest / target / Path(source).name).write_text(text)
+    for name in ("main.py", "states.py"):
+        path = dest / name
+        text = path.read_text().replace("FeatureCloud.app.engine.app", "engine.app")
+        path.write_text(text.replace("FeatureCloud.app.api.http_ctrl", "api.http_ctrl"))
+    return dest
+
+
+def test_waits_are_shortened_in_a_vendored_engine(tmp_path: Path) -> None:
+    app = vendored_engine_app(tmp_path / "vendored")
+    assert "from engine.app import" in (app / "states.py").read_text()
+    sites = {"hub": {"behave": {"value": 1}}, "clinic": {"behave": {"value": 2}}}
+    result = fedsim("run", str(write_run(tmp_path, app, sites)))
+    assert result.returncode == 0, result.stderr
+    run_dir = run_dir_of(result)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    # the vendored engine's real waits: 10 s (TERMINAL_WAIT) at least before finished
+    assert summary["duration_s"] < 8, summary["duration_s"]
+    assert "no FeatureCloud engine" not in (run_dir / "fedsim.log").read_text()
+    assert json.loads((run_dir / "sites" / "hub" / "output" / "sum.json").read_text()) == {
+        "sum": 3.0
+    }

@@ -281,3 +281,14 @@ def test_errors_exit_2_name_the_problem_and_write_nothing(
 def test_unknown_strategy_is_a_config_error_in_the_library_too(cancer: pd.DataFrame) -> None:
     with pytest.raises(ConfigError, match="unknown strategy 'random'"):
         split_rows(cancer, 3, "random")
+
+
+@pytest.mark.parametrize("fraction", ["0", "1.5"])
+def test_a_test_fraction_outside_zero_to_one_is_refused_naming_the_option(
+    tmp_path: Path, cancer_csv: Path, fraction: str
+) -> None:
+    out = tmp_path / "study"
+    result = invoke(*split_args(cancer_csv, out, "--strategy", "iid", "--test-fraction", fraction))
+    assert result.exit_code == ExitCode.CONFIG
+    assert "--test-fraction" in result.output and fraction in result.output
+    assert not out.exists()  # checked before anything is written

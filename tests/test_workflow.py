@@ -47,23 +47,24 @@ def job_stats(output: str) -> dict[str, int]:
 def test_dry_run_plans_the_default_grid(tmp_path: Path) -> None:
     result = snakemake(tmp_path, "--dry-run")
     assert result.returncode == 0, result.stdout
-    # pca and logistic-regression x iid, label-skew, size-skew; linear-regression (no label)
-    # x iid, size-skew: 8 pairs, x 2, 3, 5 sites
-    cells = 24
+    # pca, logistic-regression and random-forest x iid, label-skew, size-skew;
+    # linear-regression (no label) x iid, size-skew: 11 pairs, x 2, 3, 5 sites
+    cells = 33
     assert job_stats(result.stdout) == {
-        "prepare_data": 3,
+        "prepare_data": 4,
         "split": cells,
         "compare": cells,
         "summary": 1,
         "report": 1,
         "all": 1,
-        "total": 3 + 2 * cells + 3,
+        "total": 4 + 2 * cells + 3,
     }
-    results = tmp_path / "results"
+    results = tmp_path / "results" / "default"
     for app, strategies in [
         ("pca", ["iid", "label-skew", "size-skew"]),
         ("linear-regression", ["iid", "size-skew"]),
         ("logistic-regression", ["iid", "label-skew", "size-skew"]),
+        ("random-forest", ["iid", "label-skew", "size-skew"]),
     ]:
         assert f"{results}/data/{app}.csv" in result.stdout
         for strategy in strategies:
@@ -80,7 +81,7 @@ def test_dry_run_plans_the_default_grid(tmp_path: Path) -> None:
 def test_a_small_grid_runs_federated_and_centralised_and_reports(tmp_path: Path) -> None:
     result = snakemake(tmp_path, "-c2", config=SMALL_GRID)
     assert result.returncode == 0, result.stdout[-5000:]
-    results = tmp_path / "results"
+    results = tmp_path / "results" / "linear-regression_iid-size-skew_2"  # the grid's own
 
     table = pd.read_csv(results / "summary.csv")
     assert sorted(set(zip(table["strategy"], table["sites"], strict=True))) == [
@@ -131,7 +132,7 @@ def test_a_measure_beyond_its_tolerance_is_recorded_and_the_workflow_goes_on(
     tolerance = "tolerances={max_abs_coefficient_diff: 1.0e-300}"
     result = snakemake(tmp_path, "-c2", config=[*grid, tolerance])
     assert result.returncode == 0, result.stdout[-5000:]
-    results = tmp_path / "results"
+    results = tmp_path / "results" / "linear-regression_iid_2"  # the grid's own folder
     table = pd.read_csv(results / "summary.csv").set_index("measure")
     assert (table["exit_code"] == 7).all()  # fedsim compare's "beyond a tolerance"
     strict = table.loc["max_abs_coefficient_diff"]
@@ -140,6 +141,23 @@ def test_a_measure_beyond_its_tolerance_is_recorded_and_the_workflow_goes_on(
     assert table.loc["r2_diff", "passed"]  # its own tolerance, untouched
     report = (results / "report.md").read_text()
     assert "## Failed measures" in report and "1 beyond their tolerance" in report
+
+
+def test_the_forest_is_compared_on_held_out_rows_in_a_grid_of_its_own(tmp_path: Path) -> None:
+    grid = ["apps=[random-forest]", "strategies=[iid]", "sites=[2]", "grid=forest-trial"]
+    result = snakemake(tmp_path, "-c2", config=grid)
+    assert result.returncode == 0, result.stdout[-5000:]
+    results = tmp_path / "results" / "forest-trial"
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["forest-trial"]
+    split = results / "splits" / "random-forest" / "iid" / "2"
+    assert (split / "site-1" / "test.csv").is_file() and (split / "site-2" / "test.csv").is_file()
+    table = pd.read_csv(results / "summary.csv").set_index("measure")
+    assert (table["exit_code"] == 0).all()
+    assert table.loc["federated_accuracy", "value"] > 0.85
+    assert table.loc["centralised_accuracy", "value"] > 0.85
+    assert table.loc["prediction_agreement", "value"] > 0.85
+    assert table["tolerance"].isna().all()  # reported, not judged
+    assert (results / "report.md").is_file()
 
 
 def requirement(spec: str) -> tuple[str, str | None]:

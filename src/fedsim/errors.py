@@ -14,7 +14,8 @@
         ├── RunTimeout   the config's timeout ran out
         ├── RunStalled   nothing happened for the config's stall_timeout
         ├── Interrupted  Ctrl-C, SIGTERM or SIGHUP ended the run
-        └── ComparisonFailed  federated and centralised differ beyond a tolerance
+        └── ComparisonFailed  federated and centralised differ beyond a tolerance, or
+                              nothing could be compared
 
 Errors from libraries underneath are translated at the boundary with ``raise ... from``.
 """
@@ -46,6 +47,9 @@ class FedsimError(Exception):
     exit_code: ExitCode = ExitCode.CONFIG
     run_dir: str | None = None
     """Set once a run directory exists: the CLI prints it last, whatever went wrong."""
+    logged: bool = False
+    """Set once the run has logged the whole message (a site's last lines, a stall report):
+    the CLI then repeats only its first line, so a traceback is not printed twice."""
 
 
 class ConfigError(FedsimError):
@@ -123,7 +127,8 @@ class Interrupted(RunFailed):
 
 
 class ComparisonFailed(RunFailed):
-    """Both runs finished, but a measure is outside its tolerance."""
+    """Both runs finished, but a measure is outside its tolerance, or there was nothing to
+    compare (no output of the app could be lined up): neither may read as a pass."""
 
     exit_code = ExitCode.COMPARISON
 

@@ -54,6 +54,7 @@ from fedsim.relay.state import RelayState, SiteTraffic
 from fedsim.relay.tls import RunCA, ServerCertificate
 from fedsim.rundir import RunDir, directory_digest, iso, new_run_id
 from fedsim.safefiles import Skipped, copy_tree
+from fedsim.sites.applines import with_host_path
 from fedsim.sites.base import AgentLaunch, AppBundle, Placement, RelayTls, RunningSite, SiteStep
 from fedsim.sites.factory import make_placements
 from fedsim.sites.group import SiteGroup
@@ -93,12 +94,16 @@ class SiteRecord:
     started: float | None = None
     ended: float | None = None
     skipped_outputs: list[Skipped] = field(default_factory=list)
+    app_dir: Path | None = None
+    """The app's folder on this machine: its tracebacks name files there, not in /app."""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def on_line(self, line: str, at: float | None = None) -> None:
         """``at``: when the site printed it, if its placement knows (a remote site's clock,
         corrected); else now."""
         component, level, message = parse_site_line(line)
+        if component == "app" and self.app_dir is not None:
+            message = with_host_path(message, self.app_dir)
         site_logger().log(level, "%s", message, extra={"site": self.name, "component": component})
         with self.lock:
             self.tail.append(f"{component}: {message}")
@@ -337,6 +342,7 @@ class Run:
     def _fail(self, error: RunFailed, cause: BaseException) -> None:
         self.status, self.error = "failed", str(error)
         log.error("%s", error)
+        error.logged = True
         error.run_dir = str(self.run_dir.path)
         raise error from (None if cause is error else cause)
 
@@ -455,7 +461,9 @@ class Run:
             if step.label:
                 log_paths += (self.run_dir.site_dir(cfg.name) / "site.log",)
             step_dir.mkdir(parents=True, exist_ok=True)
-            rec = SiteRecord(cfg.name, cfg.coordinator, step_dir / "output", log_paths)
+            rec = SiteRecord(
+                cfg.name, cfg.coordinator, step_dir / "output", log_paths, app_dir=step.config.app
+            )
             step.sites[cfg.name] = rec
 
         def put_inputs(name: str, placement: Placement) -> None:
@@ -500,7 +508,7 @@ class Run:
                     where = f" in step {step.index} ({step.config.app.name})" if step.label else ""
                     why = rec.running.failure() or f"exit code {code}"
                     raise SiteFailed(
-                        f"site {rec.name} failed{where} ({why}); "
+                        f"site {rec.name} failed{where} ({why})\n"
                         f"last lines of its log:\n{rec.tail_text()}"
                     )
                 rec.status = "finished"
@@ -547,7 +555,7 @@ class Run:
             if rec is not None and rec.status == "running":
                 rec.status, rec.ended = "failed", time.time()
                 raise SiteFailed(
-                    f"site {site} failed (the relay refused what it sent: {message}); "
+                    f"site {site} failed (the relay refused what it sent: {message})\n"
                     f"last lines of its log:\n{rec.tail_text()}"
                 )
 

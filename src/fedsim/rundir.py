@@ -36,6 +36,9 @@ NO_MEMO = "None"
 LOG = "fedsim.log"
 TRAFFIC = "traffic.csv"
 CONFIG = "config.toml"
+COMPARISON = "comparison.json"
+CENTRAL_RUNS = "centralised"
+"""``fedsim compare`` keeps the centralised run inside the federated run's directory."""
 TRAFFIC_COLUMNS = (
     "time",
     "sender",

@@ -48,10 +48,17 @@ DEFAULT_ALPHA = {"label-skew": 0.5, "size-skew": 1.0}
 MIN_ROWS = 5
 """A site with fewer rows cannot fit or even summarise much; skewed splits guarantee this."""
 DATA_FILE = "data.csv"
+TEST_FILE = "test.csv"
+"""Held-out rows (``--test-fraction``): each site's own, and the same rows pooled for the
+centralised run, so that both runs are scored on exactly the same rows."""
 POOLED_DIR = "pooled"
 APP_CONFIG_FILE = "config.yml"
 RECORD_FILE = "split.json"
 CONFIG_FILE = "fedsim.toml"
+SPLIT_TIMEOUT = 900
+SPLIT_STALL_TIMEOUT = 60
+"""The written config's limits: a split is for trying an app out, and an app that hangs
+should say so within a minute, not after the default hour."""
 SITE_DIR_PATTERN = re.compile(r"^site-\d+$")
 
 
@@ -114,6 +121,28 @@ def split_rows(
         assert alpha is not None and label is not None
         parts = _label_skew(rng, frame[label].to_numpy(), n_sites, alpha, min_rows)
     return [np.sort(np.asarray(part, dtype=np.int64)) for part in parts]
+
+
+def hold_out(
+    parts: list[np.ndarray], fraction: float, seed: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per site, ``fraction`` of its rows as test rows (at least one, and at least one left
+    to train on), each set in the data's order. Drawn from a generator of its own, so a
+    split with test rows trains on a subset of the same sites' rows as one without."""
+    if not 0 < fraction < 1:
+        raise ConfigError(f"--test-fraction must be between 0 and 1; got {fraction}")
+    rng = np.random.default_rng([seed, 1])
+    held: list[tuple[np.ndarray, np.ndarray]] = []
+    for k, part in enumerate(parts, start=1):
+        if len(part) < 2:
+            raise ConfigError(
+                f"--test-fraction: {site_name(k)} has {len(part)} row(s), too few to hold "
+                f"any out; use fewer --sites or a larger --min-rows"
+            )
+        n_test = min(max(1, round(fraction * len(part))), len(part) - 1)
+        test = np.sort(rng.choice(part, size=n_test, replace=False))
+        held.append((np.setdiff1d(part, test), test))
+    return held
 
 
 def _dirichlet(rng: np.random.Generator, alpha: float, n_sites: int) -> np.ndarray:
@@ -227,6 +256,7 @@ def _prepare_out(out: Path, force: bool) -> None:
         for child in out.iterdir():
             if child.is_dir() and (SITE_DIR_PATTERN.match(child.name) or child.name == POOLED_DIR):
                 (child / DATA_FILE).unlink(missing_ok=True)
+                (child / TEST_FILE).unlink(missing_ok=True)
                 if not any(child.iterdir()):
                     child.rmdir()
         if stale_config:
@@ -241,6 +271,8 @@ class SplitResult:
     config: Path
     rows: dict[str, int]
     label_counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    test_rows: dict[str, int] = field(default_factory=dict)
+    """Held-out rows per site (``--test-fraction``); empty without."""
 
 
 def _default_name(source: Path, strategy: str) -> str:
@@ -265,6 +297,7 @@ def write_split(
     force: bool = False,
     name: str | None = None,
     min_rows: int = MIN_ROWS,
+    test_fraction: float | None = None,
 ) -> SplitResult:
     """Split ``source`` and write the sites, the pooled data, ``fedsim.toml`` and
     ``split.json`` under ``out``.
@@ -276,6 +309,10 @@ def write_split(
     source = source.expanduser()
     frame = read_data(source, sep)
     parts = split_rows(frame, n_sites, strategy, alpha, label, seed, min_rows=min_rows)
+    if test_fraction is not None:
+        parts, tests = map(list, zip(*hold_out(parts, test_fraction, seed), strict=True))
+    else:
+        tests = []
     app_path = _check_app(app)
     app_config_text: bytes | None = None
     if app_config is not None:
@@ -290,8 +327,18 @@ def write_split(
     for site, rows in zip(names, parts, strict=True):
         (out / site).mkdir(exist_ok=True)
         frame.iloc[rows].to_csv(out / site / DATA_FILE, sep=sep, index=False)
+    for site, rows in zip(names, tests, strict=False):
+        frame.iloc[rows].to_csv(out / site / TEST_FILE, sep=sep, index=False)
     (out / POOLED_DIR).mkdir(exist_ok=True)
-    frame.to_csv(out / POOLED_DIR / DATA_FILE, sep=sep, index=False)
+    if tests:
+        frame.iloc[np.sort(np.concatenate(parts))].to_csv(
+            out / POOLED_DIR / DATA_FILE, sep=sep, index=False
+        )
+        frame.iloc[np.sort(np.concatenate(tests))].to_csv(
+            out / POOLED_DIR / TEST_FILE, sep=sep, index=False
+        )
+    else:
+        frame.to_csv(out / POOLED_DIR / DATA_FILE, sep=sep, index=False)
     if app_config_text is not None:
         (out / APP_CONFIG_FILE).write_bytes(app_config_text)
 
@@ -301,6 +348,8 @@ def write_split(
         "app": _app_reference(app_path, out),
         "seed": seed,
         "shorten_waits": True,
+        "timeout": SPLIT_TIMEOUT,
+        "stall_timeout": SPLIT_STALL_TIMEOUT,
         "sites": [
             {"name": site, **({"coordinator": True} if k == 0 else {}), "inputs": [site, *extra]}
             for k, site in enumerate(names)
@@ -310,10 +359,12 @@ def write_split(
     header = (
         f"# Written by `fedsim split` ({strategy}, seed {seed}); how: {RECORD_FILE}.\n"
         f"# The centralised run's data: {POOLED_DIR}/{DATA_FILE}.\n"
+        f"# timeout and stall_timeout in seconds: raise them for a slow app or a big data set.\n"
     )
     config_path.write_text(header + tomli_w.dumps(config), encoding="utf-8")
 
     rows = {site: len(part) for site, part in zip(names, parts, strict=True)}
+    test_rows = {site: len(part) for site, part in zip(names, tests, strict=False)}
     counts = (
         {site: label_counts(frame, part, label) for site, part in zip(names, parts, strict=True)}
         if label is not None
@@ -329,14 +380,19 @@ def write_split(
         "label": label,
         "seed": seed,
         "min_rows": min_rows,
+        "test_fraction": test_fraction,
         "app_config": str(app_config.resolve()) if app_config is not None else None,
         "sites": {
-            site: {"rows": rows[site], **({"label_counts": counts[site]} if counts else {})}
+            site: {
+                "rows": rows[site],
+                **({"test_rows": test_rows[site]} if tests else {}),
+                **({"label_counts": counts[site]} if counts else {}),
+            }
             for site in names
         },
     }
     (out / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    return SplitResult(config=config_path, rows=rows, label_counts=counts)
+    return SplitResult(config=config_path, rows=rows, label_counts=counts, test_rows=test_rows)
 
 
 def label_values(counts: dict[str, dict[str, int]]) -> Sequence[str]:

@@ -70,9 +70,8 @@ DATASETS: dict[str, DataSet] = {
         {"fc_logistic_regression": {"target": "target", "tol": 1e-10}},
         "target",
     ),
-    # Not in the default grid: `fedsim split` writes no test.csv, so every site (and the
-    # centralised run) holds out test_fraction of its own rows; the accuracies are reported,
-    # not judged against a tolerance.
+    # The grid splits it with --test-fraction (config.yaml): every site's test.csv, and the
+    # same rows pooled for the centralised run; the accuracies are reported, not judged.
     "random-forest": DataSet(
         breast_cancer_all,
         {"fc_random_forest": {"target": "target", "n_estimators": 20, "test_fraction": 0.25}},

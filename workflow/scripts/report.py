@@ -64,8 +64,8 @@ def summary_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
             "sites": record["sites"],
             "measure": measure["name"],
             "value": measure["value"],
-            "tolerance": measure["tolerance"],
-            "passed": bool(measure["passed"]),
+            "tolerance": measure["limit"],  # None: reported, not judged
+            "passed": measure["passed"] is not False,
             "duration_s": federated["duration_s"],
             "bytes": federated["bytes"],
             "messages": federated["messages"],

@@ -5,6 +5,7 @@ waits changes when things happen, never what is computed: the engine's sleeps on
 its polling of queues that the agent drains quickly.
 """
 
+import importlib
 import os
 import runpy
 import sys
@@ -36,6 +37,31 @@ def load_site_env(path: str = SITE_ENV) -> None:
             os.environ[key.strip()] = _unquote(value)
 
 
+ENGINES = ("FeatureCloud.app.engine.app", "engine.app")
+"""Where an app's engine lives: the pip package, or a copy the app carries as
+``engine/app.py`` (FeatureCloud's app template and several published apps do)."""
+VENDORED = os.path.join("engine", "app.py")
+
+
+def shorten_waits(app_dir: str) -> None:
+    """Lower the waits of every engine the app may use; a vendored copy has the same module
+    constants. Imported before main.py runs, so that main.py gets the patched module."""
+    found = False
+    for module in ENGINES:
+        if module == "engine.app" and not os.path.isfile(os.path.join(app_dir, VENDORED)):
+            continue
+        try:
+            engine = importlib.import_module(module)
+        except ImportError:
+            continue
+        found = True
+        for name, value in SHORT_WAITS.items():
+            if hasattr(engine, name):
+                setattr(engine, name, value)
+    if not found:
+        print("fedsim: no FeatureCloud engine in this app; waits left as they are", file=sys.stderr)
+
+
 def main() -> None:
     app_dir = os.getcwd()
     # as `python main.py` would have it: the app's folder first, and not fedsim's agent folder
@@ -43,17 +69,7 @@ def main() -> None:
     sys.path[0] = app_dir
     load_site_env()
     if os.environ.get("FEDSIM_SHORTEN_WAITS") == "1":
-        try:
-            import FeatureCloud.app.engine.app as engine
-        except ImportError:
-            print(
-                "fedsim: no FeatureCloud engine in this app; waits left as they are",
-                file=sys.stderr,
-            )
-        else:
-            for name, value in SHORT_WAITS.items():
-                if hasattr(engine, name):
-                    setattr(engine, name, value)
+        shorten_waits(app_dir)
     sys.argv = [os.path.join(app_dir, "main.py")]
     runpy.run_path(sys.argv[0], run_name="__main__")
 

@@ -9,19 +9,16 @@ import typer
 
 
 def init(
-    path: Annotated[Path, typer.Argument(help="Where to write the template.")] = Path(
-        "fedsim.toml"
-    ),
-    force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False,
+    path: Annotated[Path, typer.Argument(help="Where to write the config.")] = Path("fedsim.toml"),
+    force: Annotated[bool, typer.Option(help="Overwrite existing files.")] = False,
 ) -> None:
-    """Write a commented config template."""
-    from fedsim.cli.output import abort, stdout
-    from fedsim.config import TEMPLATE
-    from fedsim.errors import ExitCode
+    """Write a commented config, with a small example app and three sites' data beside it,
+    ready for ``fedsim validate``, ``fedsim run`` and ``fedsim compare``."""
+    from fedsim.cli.output import stderr, stdout
+    from fedsim.starter import write_starter
 
-    if path.exists() and not force:
-        abort(f"{path} exists; use --force to overwrite it", ExitCode.CONFIG)
-    path.write_text(TEMPLATE, encoding="utf-8")
+    written = write_starter(path, force)
+    stderr.print(f"wrote {', '.join(str(p) for p in written[1:])} beside it", markup=False)
     stdout.print(str(path), markup=False)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -64,7 +66,33 @@ def status(
             f"{site['messages_received']} msg / {site['bytes_received']} B",
         )
     stdout.print(table)
+    _show_comparison(run_dir.path)
     stdout.print(str(run_dir.path))
+
+
+def _show_comparison(path: Path) -> None:
+    """A federated run's comparison: while ``fedsim compare`` runs, the federated run is
+    already finished, and without this line status would read as "all done"."""
+    import json
+
+    from fedsim.cli.output import stdout
+    from fedsim.rundir import CENTRAL_RUNS, COMPARISON, find_run
+
+    try:
+        central = find_run(None, path / CENTRAL_RUNS)
+    except FileNotFoundError:
+        return
+    summary = central.read_summary()
+    duration = "" if summary["duration_s"] is None else f" in {summary['duration_s']} s"
+    state = summary["status"]
+    if state == "running":
+        app = next(iter(summary["sites"].values()), {}).get("app", {})
+        state += f" (app state: {app.get('message') or app.get('state') or 'starting'})"
+    stdout.print(f"centralised run {summary['run_id']}: [bold]{state}[/]{duration}")
+    if (path / COMPARISON).is_file():
+        comparison = json.loads((path / COMPARISON).read_text())
+        verdict = "passed" if comparison["passed"] else f"failed: {comparison.get('problem')}"
+        stdout.print(f"comparison: {verdict}", markup=False)
 
 
 def _check_site(site: str, summary: dict[str, Any]) -> None:
@@ -97,16 +125,21 @@ def logs(
         fields = line.split(None, LOG_SITE_FIELD + 1)
         return site is None or (len(fields) > LOG_SITE_FIELD and fields[LOG_SITE_FIELD] == site)
 
-    with open(run_dir.log_path, encoding="utf-8") as handle:
-        while True:
-            line = handle.readline()
-            if line:
-                if wanted(line):
-                    typer.echo(line, nl=False)
-                continue
-            if not follow or run_dir.read_summary()["status"] != "running":
-                break
-            time.sleep(0.2)
+    try:
+        with open(run_dir.log_path, encoding="utf-8") as handle:
+            while True:
+                line = handle.readline()
+                if line:
+                    if wanted(line):
+                        typer.echo(line, nl=False)
+                    continue
+                if not follow or run_dir.read_summary()["status"] != "running":
+                    break
+                time.sleep(0.2)
+    except BrokenPipeError:
+        # the reader has what it wanted (``fedsim logs | head``, ``grep -m1``): a normal end,
+        # not a failure; stdout goes to /dev/null so that its final flush cannot fail too
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 COMMANDS = {"status": status, "logs": logs}

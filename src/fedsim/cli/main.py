@@ -46,8 +46,11 @@ def handles_errors(func: F) -> F:
 
                 from fedsim.cli.output import stderr
 
+                message = str(exc)
+                if exc.logged and "\n" in message:  # the run logged it all: one line here
+                    message = f"{message.splitlines()[0]} (details above and in fedsim.log)"
                 stderr.print(
-                    f"[bold red]run failed:[/] {escape(str(exc))}", markup=True, highlight=False
+                    f"[bold red]run failed:[/] {escape(message)}", markup=True, highlight=False
                 )
                 stdout.print(
                     exc.run_dir, markup=False

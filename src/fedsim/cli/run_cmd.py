@@ -20,12 +20,9 @@ def _compare(config_path: Path, federated_run: Path | None) -> Path:
     if federated_run is None:
         federated_run = run_config(config).run_dir
     comparison = compare(config, federated_run, config.compare.tolerances)
-    if not comparison.passed:
-        failed = ", ".join(m.name for m in comparison.measures if not m.passed)
+    if comparison.problem is not None:
         raise ComparisonFailed(
-            f"federated and centralised differ beyond tolerance: {failed} "
-            f"(see {federated_run / 'comparison.json'})",
-            str(federated_run),
+            f"{comparison.problem} (see {federated_run / 'comparison.json'})", str(federated_run)
         )
     return federated_run
 

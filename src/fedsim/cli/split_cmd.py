@@ -63,6 +63,14 @@ def split(
     force: Annotated[
         bool, typer.Option(help="Write into a non-empty --out, replacing an earlier split.")
     ] = False,
+    test_fraction: Annotated[
+        float | None,
+        typer.Option(
+            "--test-fraction",
+            help="Hold out this fraction of each site's rows as its test.csv (the centralised "
+            "run gets the same rows pooled).",
+        ),
+    ] = None,
 ) -> None:
     """Split a CSV into N sites' inputs and a ready fedsim.toml; keep the pooled data for the
     centralised run. Prints the fedsim.toml's path last."""
@@ -85,18 +93,22 @@ def split(
         force=force,
         name=name,
         min_rows=min_rows,
+        test_fraction=test_fraction,
     )
 
     table = Table(title=f"{strategy.value} split of {data.name}, seed {seed}")
     table.add_column("site")
     table.add_column("rows", justify="right")
+    if result.test_rows:
+        table.add_column("test rows", justify="right")
     values = label_values(result.label_counts)
     shown = values[:MAX_LABEL_COLUMNS]
     for value in shown:
         table.add_column(f"{label}={value}", justify="right")
     for site, rows in result.rows.items():
         counts = result.label_counts.get(site, {})
-        table.add_row(site, str(rows), *(str(counts.get(value, 0)) for value in shown))
+        held = [str(result.test_rows[site])] if result.test_rows else []
+        table.add_row(site, str(rows), *held, *(str(counts.get(value, 0)) for value in shown))
     stderr.print(table)
     if len(values) > len(shown):
         stderr.print(f"({len(values) - len(shown)} more label values: see split.json)")

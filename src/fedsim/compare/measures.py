@@ -1,20 +1,23 @@
 """App-specific measures of how far a federated result is from the centralised one.
 
-Each measure has a value, a tolerance (None: reported, not judged) and whether it passed.
+Each measure has a value and, when it is judged, a limit, which side of it passes, and
+whether it passed; reported measures are not verdicts.
 The app is recognised by its directory name; an app fedsim does not know gets the generic
-measure: the largest difference between same-named numeric CSV outputs.
+comparison of every output file (``fedsim.compare.generic``).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+
+from fedsim.compare.generic import ABS_PREFIX, REL_PREFIX, Skipped, compare_outputs
 
 TOLERANCES: dict[str, dict[str, float]] = {
     "pca": {
@@ -31,24 +34,26 @@ TOLERANCES: dict[str, dict[str, float]] = {
 ``[compare.tolerances]`` may set, so that a misspelt name is refused by ``fedsim validate``
 instead of being silently ignored. Measures that are only reported take no tolerance."""
 
-GENERIC_PREFIX = "max_abs_diff:"
-GENERIC_TOLERANCE = 1e-8
-"""An app fedsim does not know is judged per CSV output, as ``max_abs_diff:<file>.csv``."""
+GENERIC_TOLERANCES = (ABS_PREFIX, REL_PREFIX)
+"""An app fedsim does not know is judged per output file (``fedsim.compare.generic``):
+``max_abs_diff:<file>`` and ``max_rel_diff:<file>``, optionally ``:<column>``."""
 
 
 def tolerance_names(app: str) -> list[str]:
     """The measures of ``app`` (its directory name) that ``[compare.tolerances]`` may set."""
-    return list(TOLERANCES[app]) if app in TOLERANCES else [f"{GENERIC_PREFIX}<file>.csv"]
+    if app in TOLERANCES:
+        return list(TOLERANCES[app])
+    return [f"{prefix}<file>[:<column>]" for prefix in GENERIC_TOLERANCES]
 
 
 def unknown_tolerance(app: str, name: str) -> str | None:
     """Why ``name`` cannot be a tolerance of ``app`` (its directory name), or None if it can."""
     if app not in TOLERANCES:
-        if name.startswith(GENERIC_PREFIX) and name.endswith(".csv"):
+        if any(name.startswith(p) and len(name) > len(p) for p in GENERIC_TOLERANCES):
             return None
         return (
-            f"no such measure: app {app!r} is not one fedsim knows, so its measures are "
-            f"{GENERIC_PREFIX}<file>.csv, one per CSV output"
+            f"no such measure: app {app!r} is not one fedsim knows, so its tolerances are "
+            f"{' and '.join(tolerance_names(app))}, per output file or column"
         )
     names = tolerance_names(app)
     if name in names:
@@ -64,25 +69,44 @@ def _tolerance(tol: dict[str, float], app: str, name: str) -> float:
 
 @dataclass(frozen=True)
 class Measure:
+    """One number of a comparison. A judged measure has a ``limit`` and a ``bound``: "upper"
+    (the value must not exceed it: a difference) or "lower" (it must not fall below it: a
+    correlation); a reported one has neither, and ``passed`` None: it is not a verdict."""
+
     name: str
     value: float
-    tolerance: float | None
-    passed: bool
-    higher_is_better: bool = False
+    limit: float | None
+    bound: Literal["upper", "lower"] | None
+    passed: bool | None
+    where: dict[str, Any] | None = None
+    """For a difference: the file, site, row and column of the worst number."""
+
+    @property
+    def judged(self) -> bool:
+        return self.limit is not None
 
     def as_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        del data["higher_is_better"]
+        data = {
+            "name": self.name,
+            "value": self.value,
+            "judged": self.judged,
+            "bound": self.bound,
+            "limit": self.limit,
+            "passed": self.passed,
+        }
+        if self.where is not None:
+            data["where"] = self.where
         return data
 
 
-def judged(name: str, value: float, tolerance: float, higher_is_better: bool = False) -> Measure:
-    ok = value >= tolerance if higher_is_better else value <= tolerance
-    return Measure(name, float(value), tolerance, bool(ok and np.isfinite(value)), higher_is_better)
+def judged(name: str, value: float, limit: float, higher_is_better: bool = False) -> Measure:
+    ok = value >= limit if higher_is_better else value <= limit
+    bound: Literal["upper", "lower"] = "lower" if higher_is_better else "upper"
+    return Measure(name, float(value), limit, bound, bool(ok and np.isfinite(value)))
 
 
 def reported(name: str, value: float) -> Measure:
-    return Measure(name, float(value), None, True)
+    return Measure(name, float(value), None, None, None)
 
 
 @dataclass(frozen=True)
@@ -93,6 +117,8 @@ class Outputs:
     """site -> its output folder, in the config's site order"""
     central: Path
     offsets: dict[str, dict[str, int]]
+    totals: dict[str, int]
+    """pooled CSV -> its rows (see ``fedsim.compare.pooling.PooledInputs``)"""
 
     @property
     def coordinator(self) -> Path:
@@ -108,7 +134,7 @@ class Outputs:
         return pd.concat(parts).set_index("row").sort_index()
 
 
-def _coefficients(outputs: Outputs) -> tuple[pd.Series, pd.Series]:
+def coefficient_pair(outputs: Outputs) -> tuple[pd.Series, pd.Series]:
     fed = pd.read_csv(outputs.coordinator / "coefficients.csv").set_index("term")["coefficient"]
     central = pd.read_csv(outputs.central / "coefficients.csv").set_index("term")["coefficient"]
     return fed, central.reindex(fed.index)
@@ -147,7 +173,7 @@ def pca(outputs: Outputs, tol: dict[str, float]) -> list[Measure]:
 
 
 def linear_regression(outputs: Outputs, tol: dict[str, float]) -> list[Measure]:
-    fed, central = _coefficients(outputs)
+    fed, central = coefficient_pair(outputs)
     r2 = abs(_metric(outputs.coordinator, "r2") - _metric(outputs.central, "r2"))
     return [
         judged(
@@ -159,11 +185,18 @@ def linear_regression(outputs: Outputs, tol: dict[str, float]) -> list[Measure]:
     ]
 
 
+def prediction_pair(outputs: Outputs, app: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Both runs' predictions.csv on the same pooled rows: the forest predicts test rows
+    when the sites hold a test.csv (``fedsim split --test-fraction``), else training rows."""
+    test = app == "random-forest" and "test.csv" in outputs.offsets
+    fed = outputs.stacked("predictions.csv", "test.csv" if test else "data.csv")
+    central = pd.read_csv(outputs.central / "predictions.csv").set_index("row").loc[fed.index]
+    return fed, central
+
+
 def logistic_regression(outputs: Outputs, tol: dict[str, float]) -> list[Measure]:
-    fed, central = _coefficients(outputs)
-    fed_pred = outputs.stacked("predictions.csv", "data.csv")
-    central_pred = pd.read_csv(outputs.central / "predictions.csv").set_index("row")
-    central_pred = central_pred.loc[fed_pred.index]
+    fed, central = coefficient_pair(outputs)
+    fed_pred, central_pred = prediction_pair(outputs, "logistic-regression")
     fed_acc = float((fed_pred["predicted"] == fed_pred["y"]).mean())
     central_acc = float((central_pred["predicted"] == central_pred["y"]).mean())
     return [
@@ -184,9 +217,7 @@ def logistic_regression(outputs: Outputs, tol: dict[str, float]) -> list[Measure
 def random_forest(outputs: Outputs, tol: dict[str, float]) -> list[Measure]:
     from sklearn.metrics import roc_auc_score
 
-    rows_from = "test.csv" if "test.csv" in outputs.offsets else "data.csv"
-    fed = outputs.stacked("predictions.csv", rows_from)
-    central = pd.read_csv(outputs.central / "predictions.csv").set_index("row").loc[fed.index]
+    fed, central = prediction_pair(outputs, "random-forest")
     measures = []
     for label, frame in (("federated", fed), ("centralised", central)):
         measures.append(reported(f"{label}_accuracy", float((frame.predicted == frame.y).mean())))
@@ -210,20 +241,23 @@ def mean(outputs: Outputs, tol: dict[str, float]) -> list[Measure]:
     return [judged("max_rel_mean_diff", diff, _tolerance(tol, "mean", "max_rel_mean_diff"))]
 
 
-def generic(outputs: Outputs, tol: dict[str, float]) -> list[Measure]:
-    measures = []
-    for path in sorted(outputs.central.glob("*.csv")):
-        other = outputs.coordinator / path.name
-        if not other.is_file():
-            continue
-        a = pd.read_csv(other).select_dtypes("number")
-        b = pd.read_csv(path).select_dtypes("number")
-        if a.shape != b.shape or a.empty:
-            continue
-        diff = float(np.max(np.abs(a.to_numpy() - b.to_numpy())))
-        name = f"{GENERIC_PREFIX}{path.name}"
-        measures.append(judged(name, diff, tol.get(name, GENERIC_TOLERANCE)))
-    return measures
+def generic(outputs: Outputs, tol: dict[str, float]) -> tuple[list[Measure], list[Skipped]]:
+    """One measure per output file: its worst number against its allowed difference."""
+    files, skipped = compare_outputs(
+        outputs.federated, outputs.central, outputs.offsets, outputs.totals, tol
+    )
+    measures = [
+        Measure(
+            f"diff:{f.file}",
+            f.worst.diff,
+            f.worst.limit,
+            "upper",
+            f.worst.ratio <= 1,
+            {**f.worst.where(), "numbers_compared": f.numbers},
+        )
+        for f in files
+    ]
+    return measures, skipped
 
 
 MEASURES: dict[str, Callable[[Outputs, dict[str, float]], list[Measure]]] = {

@@ -24,6 +24,8 @@ class PooledInputs:
     folder: Path
     offsets: dict[str, dict[str, int]]
     """CSV name -> site -> index of the site's first row in the pooled file."""
+    totals: dict[str, int]
+    """CSV name -> rows in the pooled file (where the last site's share ends)."""
 
 
 def _site_files(site: SiteConfig) -> dict[str, Path]:
@@ -48,6 +50,7 @@ def pool_inputs(config: RunConfig, dest: Path) -> PooledInputs:
     per_site = {site.name: _site_files(site) for site in config.sites}
     names = sorted({name for files in per_site.values() for name in files})
     offsets: dict[str, dict[str, int]] = {}
+    totals: dict[str, int] = {}
     for name in names:
         target = dest / name
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -78,10 +81,28 @@ def pool_inputs(config: RunConfig, dest: Path) -> PooledInputs:
             if header is not None:
                 writer.writerow(header)
             writer.writerows(rows)
-    return PooledInputs(dest, offsets)
+        totals[name] = len(rows)
+    return PooledInputs(dest, offsets, totals)
 
 
-def centralised_config(config: RunConfig, pooled: PooledInputs, output_dir: Path) -> RunConfig:
+CENTRAL_TIMEOUT_FACTOR = 10
+CENTRAL_TIMEOUT_MIN = 300.0
+"""The centralised run's timeout: ten times the federated run's duration, at least five
+minutes, at most the config's own. One site computes on all the data, so it may take longer
+than each federated site, but an hour (the default timeout) of waiting for a run that the
+federated one did in seconds explains nothing; the stall detection covers the usual hang."""
+
+
+def centralised_timeout(config: RunConfig, federated_duration: float | None) -> float:
+    if federated_duration is None:
+        return float(config.timeout)
+    wanted = max(CENTRAL_TIMEOUT_MIN, CENTRAL_TIMEOUT_FACTOR * federated_duration)
+    return float(min(config.timeout, wanted))
+
+
+def centralised_config(
+    config: RunConfig, pooled: PooledInputs, output_dir: Path, timeout: float
+) -> RunConfig:
     """The same app (or workflow) and settings, on one site that holds the pooled data, run
     by fedsim's own controller whatever platform ran the federated side."""
     coordinator = config.coordinator
@@ -93,7 +114,10 @@ def centralised_config(config: RunConfig, pooled: PooledInputs, output_dir: Path
             "sites": [site],
             "platform": "embedded",
             "project_id": None,
+            "faults": [],  # the reference run is the undisturbed computation
+            "network": None,
             "output_dir": output_dir,
+            "timeout": timeout,
             "name": f"{config.name}-centralised" if config.name else "centralised",
         }
     )

@@ -199,12 +199,9 @@ def _comparison(record: RunRecord) -> str:
             _note("This run has no comparison (fedsim run --compare or fedsim compare)."),
         )
     rows = [
-        [escape(m["name"]), f"{m['value']:.6g}",
-         "" if m.get("tolerance") is None else f"{m['tolerance']:g}",
-         "reported" if m.get("tolerance") is None else _status("passed" if m["passed"]
-                                                                 else "failed")]
+        [escape(m["name"]), f"{m['value']:.6g}", _limit(m), _verdict(m), _where(m)]
         for m in c["measures"]
-    ]  # fmt: skip
+    ]
     images = "".join(
         f'<figure><img alt="{escape(name)}" src="data:image/png;base64,'
         f'{base64.b64encode(data).decode()}"><figcaption>{escape(name)}</figcaption></figure>'
@@ -215,9 +212,40 @@ def _comparison(record: RunRecord) -> str:
         "comparison",
         "Federated against centralised",
         f"<p>{escape(str(c['app']))}: {verdict}</p>",
-        _table(["measure", "value", "tolerance", "verdict"], rows, numeric={1, 2}),
+        _note(escape(c["problem"])) if c.get("problem") else "",
+        _table(["measure", "value", "limit", "verdict", "worst value at"], rows, numeric={1}),
+        _skipped(c.get("skipped") or []),
         images,
     )
+
+
+def _limit(measure: dict[str, Any]) -> str:
+    """``≤ 1e-06`` for a difference, ``≥ 0.999`` for a correlation, empty if only reported."""
+    limit = measure.get("limit", measure.get("tolerance"))
+    if limit is None:
+        return ""
+    return f"{'≥' if measure.get('bound') == 'lower' else '≤'} {limit:g}"
+
+
+def _verdict(measure: dict[str, Any]) -> str:
+    if measure.get("passed") is None:
+        return "reported"
+    return _status("passed" if measure["passed"] else "failed")
+
+
+def _where(measure: dict[str, Any]) -> str:
+    where = measure.get("where") or {}
+    return escape(", ".join(f"{k} {v}" for k, v in where.items()))
+
+
+def _skipped(skipped: list[dict[str, Any]]) -> str:
+    if not skipped:
+        return ""
+    items = "".join(
+        f"<li>{escape(str(s.get('file', '?')))}: {escape(str(s.get('reason', '')))}</li>"
+        for s in skipped
+    )
+    return f"<p>Not compared:</p><ul>{items}</ul>"
 
 
 def _version(python: object) -> str:

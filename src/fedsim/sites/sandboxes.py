@@ -12,7 +12,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import signal
 import subprocess
 import threading
@@ -22,20 +21,13 @@ from pathlib import Path
 from typing import IO
 
 from fedsim.processes import spawn_line_reader
-from fedsim.sites.applines import AppLevels
+from fedsim.sites.applines import AppLevels, StatusPolls
 from fedsim.sites.base import LineSink
 from fedsim.sites.sandbox import SandboxSpec, build_command
 
 MAX_LINE = 16_384
 """Longer app lines are cut into pieces: an app printing a gigabyte without a newline must
 not make fedsim hold it in memory."""
-STATUS_ACCESS_LINE = re.compile(
-    r"(?:(?:\d{1,3}\.){3}\d{1,3}|::1) - - \[[^\]]*\] "
-    r'"GET /api/status HTTP/1\.[01]" \d+ \S+'
-)
-"""Bottle logs every request; at the agent's poll rate the status polls would drown the log.
-Only that record is cut out: another thread's output may share its line (print writes the
-text and the newline separately)."""
 
 
 def write_private(path: Path, text: str, owner: int | None = None) -> None:
@@ -141,8 +133,11 @@ def _pump(process: subprocess.Popen[str], on_line: LineSink, tag: str | None) ->
         for line in stream:
             on_line(line)
         return
-    levels = AppLevels()
+    levels, polls = AppLevels(), StatusPolls()
     for piece in iter(lambda: stream.readline(MAX_LINE), ""):
-        text = STATUS_ACCESS_LINE.sub("", piece).rstrip("\n")
+        text = polls.cut(piece.rstrip("\n"))
         if text.strip():
             on_line(f"{tag}\t{logging.getLevelName(levels.level(text))}\t{text}")
+    left_out = polls.summary()
+    if left_out is not None:
+        on_line(f"{tag}\tINFO\t{left_out}")

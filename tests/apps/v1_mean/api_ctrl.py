@@ -20,6 +20,7 @@ def ctrl_setup():
 
 @api_server.get("/status")
 def ctrl_status():
+    print("[CTRL] GET /status", flush=True)  # as the published template does, at every poll
     return json.dumps({"available": logic.status_available, "finished": logic.status_finished})
 
 
