@@ -67,6 +67,8 @@ def test_a_dropped_message_is_recorded_and_the_run_ends_as_stalled(tmp_path: Pat
     dropped = traffic[traffic.fault == "dropped"]
     assert list(zip(dropped.sender, dropped.receiver, strict=True)) == [("clinic", "hub")]
     assert (dropped.delivered == "").all() and (dropped.read == "").all()
+    sites = summary_of(run_dir)["sites"]
+    assert sites["clinic"]["messages_sent"] == 1 and sites["hub"]["messages_received"] == 0
 
 
 def test_a_short_disconnect_is_survived_and_recorded(tmp_path: Path) -> None:

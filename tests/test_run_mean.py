@@ -66,6 +66,15 @@ def test_run_directory_is_a_complete_record(example_run) -> None:
     # every message was delivered and read, in that order, no earlier than it was sent
     assert (traffic.time <= traffic.delivered).all() and (traffic.delivered <= traffic.read).all()
     assert set(traffic.kind) == {"app"} and set(traffic.step) == {1}
+    # the summary's running totals agree with the record of every message
+    assert summary["messages"] == len(traffic) and summary["bytes"] == traffic.bytes.sum()
+    for name, site in summary["sites"].items():
+        sent, received = traffic[traffic.sender == name], traffic[traffic.receiver == name]
+        assert (site["messages_sent"], site["bytes_sent"]) == (len(sent), sent.bytes.sum())
+        assert (site["messages_received"], site["bytes_received"]) == (
+            len(received),
+            received.bytes.sum(),
+        )
     pairs = sorted(zip(traffic.sender, traffic.receiver, strict=True))
     assert pairs == [
         ("site-a", "site-b"),

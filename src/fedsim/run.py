@@ -205,16 +205,15 @@ class Run:
         }
 
     def summary(self) -> dict[str, Any]:
-        # one pass over every message: the summary is rewritten each time a site finishes
-        traffic = [t for s in self.steps if s.relay_state for t in s.relay_state.snapshot()[0]]
+        # the relay's running totals: the cost of a summary does not grow with the traffic
         per_site: dict[str, list[int]] = {}
-        for t in traffic:
-            sender = per_site.setdefault(t.sender, [0, 0, 0, 0])
-            sender[0] += 1
-            sender[1] += t.bytes
-            receiver = per_site.setdefault(t.receiver, [0, 0, 0, 0])
-            receiver[2] += 1
-            receiver[3] += t.bytes
+        for step in self.steps:
+            if step.relay_state is None:
+                continue
+            for site, t in step.relay_state.site_traffic().items():
+                totals = per_site.setdefault(site, [0, 0, 0, 0])
+                for i, n in enumerate((t.sent, t.bytes_sent, t.received, t.bytes_received)):
+                    totals[i] += n
         return {
             "run_id": self.run_id,
             "name": self.config.name,
@@ -227,8 +226,8 @@ class Run:
             "seed": self.config.seed,
             "shorten_waits": self.config.shorten_waits,
             "fedsim_version": fedsim.__version__,
-            "messages": len(traffic),
-            "bytes": sum(t.bytes for t in traffic),
+            "messages": sum(t[0] for t in per_site.values()),
+            "bytes": sum(t[1] for t in per_site.values()),
             "steps": [
                 {
                     "step": s.index,

@@ -173,6 +173,7 @@ class RelayState:
                 self.traffic.append(
                     TrafficRecord(now, sender, receiver, memo, size, kind, fault="dropped")
                 )
+                self._per_site.setdefault(sender, SiteTraffic()).count_sent(size)  # not received
         return receivers
 
     def hand_out(self, site: str, message: Message) -> None:
