@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import secrets
 import shutil
 import signal
@@ -65,6 +66,10 @@ WATCH_INTERVAL = 0.05
 PARTICIPANT_GRACE = 10.0
 """After the coordinator finishes, participants get this long to finish on their own."""
 LOG_TAIL_LINES = 20
+STARTING_AT_ONCE = max(4, 2 * (os.cpu_count() or 1))
+"""Sites whose apps start at the same time (spawned, not yet answering). Starting an app
+imports its libraries, which is CPU-bound: a hundred at once on two cores would each take
+minutes and reach the agent's start-up timeout; a few at a time finish as soon, in total."""
 
 
 def agent_launch(config: RunConfig, site: str) -> AgentLaunch:
@@ -152,6 +157,7 @@ class Run:
         self.error: str | None = None
         self._sites: SiteGroup | None = None
         self._relay_tls: tuple[RunCA, ServerCertificate] | None = None
+        self._cancel_start = threading.Event()
         self._stopper = Stopper()
         self.timeline = Timeline()
 
@@ -375,6 +381,7 @@ class Run:
                 step.status = "finished"
             except BaseException:
                 self._stopper.shield()  # from here on the run only stops and records
+                self._cancel_start.set()  # sites still waiting to start never will
                 step.status = "failed"
                 raise
             finally:
@@ -445,7 +452,8 @@ class Run:
         return [self.run_dir.step_site_dir(site, previous.label) / "output"], step.config.inputs
 
     def _start_sites(self, step: StepRecord, relay: RelayServer) -> None:
-        """Inputs in place at every site, then every site started, all at once."""
+        """Inputs in place at every site, all at once; then every site started, at most
+        ``STARTING_AT_ONCE`` of them starting up at a time."""
         assert step.relay_state is not None and step.env is not None
         assert self._sites is not None and relay.socket_path is not None
         relay_tls = None
@@ -468,7 +476,15 @@ class Run:
         def put_inputs(name: str, placement: Placement) -> None:
             placement.put_inputs(*self._step_inputs(step, name))
 
+        starting = threading.BoundedSemaphore(STARTING_AT_ONCE)
+
         def spawn(name: str, placement: Placement) -> None:
+            with starting:
+                if not self._cancel_start.is_set():
+                    start(name, placement)
+                    self._await_first_state(step, name)
+
+        def start(name: str, placement: Placement) -> None:
             rec = step.sites[name]
             site_step = SiteStep(
                 app=app,
@@ -485,6 +501,19 @@ class Run:
         self._sites.each("take its inputs", put_inputs)
         self._sites.each("start", spawn)
         self.run_dir.write_summary(self.summary())
+
+    def _await_first_state(self, step: StepRecord, name: str) -> None:
+        """Until the site's app answers (its agent reports a first state), it has ended, or
+        the run is being stopped: a start-up slot is held that long."""
+        assert step.relay_state is not None
+        rec = step.sites[name]
+        deadline = time.monotonic() + agent_launch(self.config, name).startup_timeout + 10
+        while time.monotonic() < deadline and not self._cancel_start.is_set():
+            if name in step.relay_state.site_statuses():
+                return
+            if rec.running is None or rec.running.poll() is not None:
+                return
+            time.sleep(0.05)
 
     def _watch(self, step: StepRecord, display: ProgressDisplay) -> None:
         deadline = self.started + self.config.timeout
