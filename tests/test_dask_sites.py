@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -81,19 +82,15 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
                     process.wait()
 
 
-def dask_config(tmp_path: Path, app: Path, address: str, sites: list[dict[str, Any]], **top: Any):
+def dask_config(
+    tmp_path: Path, app: Path, dask: dict[str, Any], sites: list[dict[str, Any]]
+) -> Path:
     entries = [{**site, "location": "dask"} for site in sites]
     entries[0]["coordinator"] = True
-    return write_config(tmp_path, app, entries, dask={"scheduler": address}, **top)
+    return write_config(tmp_path, app, entries, dask=dask)
 
 
-def test_mean_across_workers_gives_the_pooled_means(tmp_path: Path, cluster: Cluster) -> None:
-    sites = [{"name": name, "inputs": [str(path)]} for name, path in DATA.items()]
-    config = dask_config(tmp_path, MEAN_APP, cluster.address, sites)
-    result = fedsim("run", str(config), timeout=240)
-    assert result.returncode == 0, result.stderr[-3000:]
-    run_dir = run_dir_of(result)
-
+def assert_pooled_means(run_dir: Path) -> None:
     pooled = pd.concat(pd.read_csv(p / "data.csv") for p in DATA.values())
     expected = pooled.select_dtypes("number").mean()
     for site in DATA:
@@ -103,6 +100,15 @@ def test_mean_across_workers_gives_the_pooled_means(tmp_path: Path, cluster: Clu
         relative = ((got - expected).abs() / expected.abs()).max()
         assert relative < TOLERANCE, (site, relative)
         assert (run_dir / "sites" / site / "results.zip").is_file()
+
+
+def test_mean_across_workers_gives_the_pooled_means(tmp_path: Path, cluster: Cluster) -> None:
+    sites = [{"name": name, "inputs": [str(path)]} for name, path in DATA.items()]
+    config = dask_config(tmp_path, MEAN_APP, {"scheduler": cluster.address}, sites)
+    result = fedsim("run", str(config), timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = run_dir_of(result)
+    assert_pooled_means(run_dir)
 
     summary = json.loads((run_dir / "summary.json").read_text())
     placements = {name: site["placement"] for name, site in summary["sites"].items()}
@@ -140,7 +146,7 @@ def test_a_killed_worker_fails_its_site_and_the_run_naming_both(
         data.mkdir(parents=True)
         (data / "config.yml").write_text("behave:\n  hang: true\n")
         sites.append({"name": name, "inputs": [str(data)]})
-    config = dask_config(tmp_path, BEHAVE_APP, cluster.address, sites)
+    config = dask_config(tmp_path, BEHAVE_APP, {"scheduler": cluster.address}, sites)
     process = subprocess.Popen(
         [sys.executable, "-m", "fedsim", "run", str(config)],
         stdout=subprocess.PIPE,
@@ -178,3 +184,26 @@ def test_a_killed_worker_fails_its_site_and_the_run_naming_both(
     for other in ("site-a", "site-c"):  # the others were stopped and their logs collected
         log = (run_dir / "sites" / other / "site.log").read_text()
         assert "set up as" in log, other
+
+
+def test_a_cluster_started_for_the_run_holds_its_sites(tmp_path: Path) -> None:
+    """``cluster`` names a deployment class: started with its options, closed at the end;
+    two workers hold three sites (``sites_per_worker = 2``); the relay listens on the port
+    the table names."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    dask = {
+        "cluster": "distributed.LocalCluster",
+        "cluster_options": {"n_workers": 2, "threads_per_worker": 1, "dashboard_address": ":0"},
+        "sites_per_worker": 2,
+        "relay_address": f"127.0.0.1:{port}",
+    }
+    sites = [{"name": name, "inputs": [str(path)]} for name, path in DATA.items()]
+    result = fedsim("run", str(dask_config(tmp_path, MEAN_APP, dask, sites)), timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = run_dir_of(result)
+    assert_pooled_means(run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    held = [site["placement"]["worker"] for site in summary["sites"].values()]
+    assert len(set(held)) == 2 and max(held.count(w) for w in held) == 2

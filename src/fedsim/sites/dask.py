@@ -139,7 +139,6 @@ class DaskFamily:
             family=self,
             limits=self._config.limits_of(site),
             run_id=self._run_id,
-            env_file=site.env_file,
             staging=self._workdir / "dask-staging" / site.name,
         )
         self._placements.append(placement)
@@ -191,7 +190,6 @@ class DaskPlacement:
         family: DaskFamily,
         limits: Limits,
         run_id: str,
-        env_file: Path | None,
         staging: Path,
     ) -> None:
         self.name = name
@@ -199,7 +197,6 @@ class DaskPlacement:
         self._family = family
         self._limits = limits
         self._run_id = run_id
-        self._env_file = env_file
         self._staging = staging
         self._requests: Any = None
         self._events: Any = None
