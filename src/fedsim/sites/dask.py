@@ -41,7 +41,7 @@ from fedsim.safefiles import Skipped, copy_inputs, prune_tree
 from fedsim.sites.bare import unsandboxed_warning
 from fedsim.sites.base import AgentLaunch, AppBundle, LineSink, SiteStep
 from fedsim.sites.limits import Limits
-from fedsim.sites.remote_running import RemoteRunningSite
+from fedsim.sites.remote_running import RemoteRunningSite, dispatch
 from fedsim.sites.ssh import AGENT_SOCKET
 from fedsim.sites.tarball import pack, unpack
 
@@ -343,18 +343,11 @@ class DaskPlacement:
                     self.lose(f"the site's messages stopped: {type(exc).__name__}: {exc}")
                 return
             for message in batch:
-                self._dispatch(message)
+                dispatch(message, self._reply, self._line, self._running)
 
-    def _dispatch(self, message: dict[str, Any]) -> None:
-        if "reply" in message:
-            with self._lock:
-                future = self._pending.get(message["reply"])
-            if future is not None and not future.done():
-                future.set_result(message)
-        elif "line" in message:
-            self._line(str(message["line"]), float(message.get("t", time.time())))
-        elif "exit" in message and self._running is not None:
-            self._running.ended(message)
+    def _reply(self, ident: int) -> Future[dict[str, Any]] | None:
+        with self._lock:
+            return self._pending.get(ident)
 
     def _line(self, line: str, stamp: float | None) -> None:
         if self._sink is not None:

@@ -7,6 +7,8 @@ the step at once as a failure naming where it was lost.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from fedsim.sites.base import wait_by_polling
@@ -18,6 +20,33 @@ class RemotePlacement(Protocol):
 
     def stop_running(self) -> None:
         """Ask the far end to stop the running step."""
+
+
+class Reply(Protocol):
+    """A request's future (asyncio's or concurrent's: both have these)."""
+
+    def done(self) -> bool: ...
+
+    def set_result(self, result: dict[str, Any], /) -> None: ...
+
+
+def dispatch(
+    message: dict[str, Any],
+    reply: Callable[[Any], Reply | None],
+    line: Callable[[str, float], None],
+    running: RemoteRunningSite | None,
+) -> None:
+    """One message of a site host (``remote_host.py``), however it came: a reply completes
+    its request's future (``reply(id)``), a line goes to the log with the host's time, an
+    exit ends the running step."""
+    if "reply" in message:
+        future = reply(message["reply"])
+        if future is not None and not future.done():
+            future.set_result(message)
+    elif "line" in message:
+        line(str(message["line"]), float(message.get("t", time.time())))
+    elif "exit" in message and running is not None:
+        running.ended(message)
 
 
 class RemoteRunningSite:

@@ -44,7 +44,7 @@ from fedsim.sites.bare import unsandboxed_warning
 from fedsim.sites.base import AgentLaunch, AppBundle, LineSink, SiteStep
 from fedsim.sites.limits import Limits
 from fedsim.sites.provision import Provisioned, provision, remote_home_path
-from fedsim.sites.remote_running import RemoteRunningSite
+from fedsim.sites.remote_running import RemoteRunningSite, dispatch
 from fedsim.sites.ssh_connect import SshSession, connect
 from fedsim.sites.wheelhouse import Wheelhouse, agent_wheelhouse, app_wheelhouse
 
@@ -361,14 +361,7 @@ class SshPlacement:
             return
 
     def _dispatch(self, message: dict[str, Any]) -> None:
-        if "reply" in message:
-            future = self._pending.get(message["reply"])
-            if future is not None and not future.done():
-                future.set_result(message)
-        elif "line" in message:
-            self._line(str(message["line"]), float(message.get("t", time.time())))
-        elif "exit" in message and self._running is not None:
-            self._running.ended(message)
+        dispatch(message, self._pending.get, self._line, self._running)
 
     def _line(self, line: str, stamp: float | None) -> None:
         at = None if stamp is None else stamp - self.clock_offset
