@@ -535,3 +535,55 @@ def test_the_recorded_config_loads_again(tmp_path: Path) -> None:
     again = tmp_path / "again.toml"
     again.write_text(tomli_w.dumps(original.public_dict()))
     assert load_config(again).public_dict() == original.public_dict()
+
+
+DASK_SITES = TWO_SITES.replace('name = "b"', 'name = "b"\nlocation = "dask"')
+
+
+def test_a_dask_site_and_its_cluster_validate(tmp_path: Path) -> None:
+    from fedsim.sites.factory import site_kind
+
+    path = write(
+        tmp_path, '[dask]\nscheduler = "tcp://127.0.0.1:8786"\nsites_per_worker = 2\n' + DASK_SITES
+    )
+    config = load_config(path)
+    assert config.dask is not None and config.dask.relay_bind == ("127.0.0.1", 0)
+    assert [site_kind(s) for s in config.sites] == ["local", "dask"]
+    assert config.sites[1].ssh is None
+    started = write(
+        tmp_path,
+        '[dask]\ncluster = "distributed.LocalCluster"\nrelay_address = "[::1]:8443"\n'
+        "cluster_options = { n_workers = 2, processes = true }\n" + DASK_SITES,
+    )
+    config = load_config(started)
+    assert config.dask is not None and config.dask.relay_bind == ("::1", 8443)
+    assert config.dask.cluster_options == {"n_workers": 2, "processes": True}
+
+
+def test_every_dask_fault_is_reported_at_once(tmp_path: Path) -> None:
+    """A dask site without its table, a table naming two clusters, and each bad field."""
+    no_table = write(tmp_path, DASK_SITES)
+    code, output = validate(no_table)
+    assert code == ExitCode.CONFIG
+    assert 'sites[1].location: a site with location = "dask" needs a [dask] table' in output
+    bad = write(
+        tmp_path,
+        '[dask]\nscheduler = "http://h:1"\ncluster = "LocalCluster"\n'
+        'relay_address = "0.0.0.0:9000"\nsites_per_worker = 0\nworkers = 3\n' + DASK_SITES,
+    )
+    code, output = validate(bad)
+    assert code == ExitCode.CONFIG
+    for field, fault in [
+        ("dask.scheduler", '"http://h:1" is not a scheduler address: give tcp://HOST:PORT'),
+        ("dask.cluster", '"LocalCluster" is not a class to import: give module.Class'),
+        ("dask.relay_address", "not a wildcard"),
+        ("dask.sites_per_worker", "greater than 0"),
+        ("dask.workers", ""),
+        ("dask", "give either scheduler"),
+    ]:
+        lines = [line for line in output.splitlines() if f"{bad}: {field}: " in line]
+        assert lines and fault in lines[0], (field, output)
+    neither = write(tmp_path, '[dask]\nrelay_address = "h:99999"\n' + DASK_SITES)
+    code, output = validate(neither)
+    assert "dask: give either scheduler" in output and "one of them" in output
+    assert 'dask.relay_address: "h:99999" is not an address for the relay' in output

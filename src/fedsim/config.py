@@ -226,13 +226,13 @@ def parse_location(value: str) -> tuple[str, str | None, int | None] | None:
 
     Raises ValueError saying what is wrong: any scheme but ssh, a password, a path, a bad
     port."""
-    if value == "local":
+    if value in ("local", DASK_LOCATION):
         return None
     scheme, sep, _ = value.partition("://")
     if not sep:
         raise ValueError(
             f'{_as_toml(value)} is not a location: give "ssh://[USER@]HOST[:PORT]" '
-            'or "local" (or leave location out)'
+            'or "dask" or "local" (or leave location out)'
         )
     if scheme != "ssh":
         raise ValueError(
@@ -249,6 +249,75 @@ def parse_location(value: str) -> tuple[str, str | None, int | None] | None:
         raise ValueError(f"port {port} is out of range (1-65535)")
     host = match["host"].removeprefix("[").removesuffix("]")
     return host, match["user"], port
+
+
+DASK_LOCATION = "dask"
+"""A site's ``location`` that places it on a worker of the ``[dask]`` table's cluster."""
+DASK_SCHEDULER = re.compile(
+    r"tcp://(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(?P<port>[0-9]{1,5})"
+)
+CLUSTER_CLASS = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+")
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+
+
+def parse_host_port(value: str, what: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[V6]:PORT`` for IPv6) as ``(host, port)``; ValueError saying why not."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{_as_toml(value)} is not {what} (HOST:PORT, PORT 0-65535)")
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+def _check_scheduler(value: str | None) -> str | None:
+    match = None if value is None else DASK_SCHEDULER.fullmatch(value)
+    if value is not None and (match is None or not 1 <= int(match["port"]) <= 65535):
+        raise ValueError(f"{_as_toml(value)} is not a scheduler address: give tcp://HOST:PORT")
+    return value
+
+
+def _check_cluster(value: str | None) -> str | None:
+    if value is not None and CLUSTER_CLASS.fullmatch(value) is None:
+        raise ValueError(
+            f"{_as_toml(value)} is not a class to import: give module.Class, "
+            'e.g. "distributed.LocalCluster"'
+        )
+    return value
+
+
+def _check_relay_address(value: str) -> str:
+    """Workers connect to exactly this address, so a wildcard (which no worker can dial)
+    is refused rather than guessed from."""
+    host, _ = parse_host_port(value, "an address for the relay")
+    if host in WILDCARD_HOSTS:
+        raise ValueError(
+            f"{_as_toml(value)}: give an address the workers can reach, not a wildcard"
+        )
+    return value
+
+
+class DaskConfig(BaseModel):
+    """The Dask cluster that holds the sites with ``location = "dask"``: a running one
+    (``scheduler``) or one that fedsim starts for the run (``cluster`` with its options)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    scheduler: StrictStr | None = None
+    """``tcp://HOST:PORT`` of a running scheduler."""
+    cluster: StrictStr | None = None
+    """A deployment class imported by name (``distributed.LocalCluster``, a dask_jobqueue
+    class); started with ``cluster_options`` for the run and closed at its end."""
+    cluster_options: dict[str, Any] = Field(default_factory=dict)
+    relay_address: StrictStr = "127.0.0.1:0"
+    """Where the relay's TLS listener listens for the workers' sites (port 0: any)."""
+    sites_per_worker: Annotated[int, Strict(), Field(gt=0)] = 1
+
+    _scheduler = field_validator("scheduler", mode="after")(_check_scheduler)
+    _cluster = field_validator("cluster", mode="after")(_check_cluster)
+    _relay = field_validator("relay_address", mode="after")(_check_relay_address)
+
+    @property
+    def relay_bind(self) -> tuple[str, int]:
+        return parse_host_port(self.relay_address, "an address for the relay")
 
 
 def _check_location(value: str | None) -> str | None:
@@ -305,8 +374,8 @@ class SiteConfig(BaseModel):
     network: NetworkSetting | None = None
     """This site's link to the relay; default: the run's ``network``."""
     location: StrictStr | None = None
-    """``ssh://[USER@]HOST[:PORT]`` for a site on another machine; left out (or ``"local"``)
-    for a sandbox on this one."""
+    """``ssh://[USER@]HOST[:PORT]`` for a site on another machine, ``"dask"`` for a site on
+    a worker of the ``[dask]`` cluster; left out (or ``"local"``) for a sandbox on this one."""
     ssh_key: Path | None = None
     workdir: StrictStr | None = None
     """The remote folder fedsim uses; default ``~/.fedsim``."""
@@ -474,6 +543,8 @@ class RunConfig(BaseModel):
     (every site's ``env_file`` holds its own user's login; local sites only so far)."""
     project_id: Annotated[int, Field(gt=0, strict=True)] | None = None
     """With ``platform = "featurecloud"``: reuse this project of the coordinator's."""
+    dask: DaskConfig | None = None
+    """The cluster of the sites with ``location = "dask"``."""
     sites: Annotated[list[SiteConfig], Field(min_length=1)]
 
     @field_validator("app", mode="after")
@@ -614,6 +685,7 @@ def _cross_field_faults(raw: dict[str, Any], info: ValidationInfo) -> Iterator[t
     yield from _ssh_only_faults(sites)
     yield from _injected_fault_faults(raw, names, len(steps) if has_steps else 1)
     yield from _featurecloud_faults(raw, sites)
+    yield from _dask_faults(raw, sites)
 
     yield from _output_dir_faults(raw, steps, sites, info)
     yield from _tolerance_faults(raw, steps, info)
@@ -673,6 +745,36 @@ def _featurecloud_faults(
                 "user's FEATURECLOUD_USERNAME and FEATURECLOUD_PASSWORD",
             )
         if _is_ssh(site.get("location")):
+            yield (
+                ("sites", i, "location"),
+                'platform = "featurecloud" runs local sites only so far',
+            )
+
+
+def _dask_faults(
+    raw: dict[str, Any], sites: list[tuple[int, dict[str, Any]]]
+) -> Iterator[tuple[Loc, str]]:
+    """A dask site needs the cluster's table, and the table names exactly one cluster."""
+    table = raw.get("dask")
+    if isinstance(table, dict):
+        given = [key for key in ("scheduler", "cluster") if table.get(key) is not None]
+        if len(given) != 1:
+            yield (
+                ("dask",),
+                'give either scheduler = "tcp://HOST:PORT" (a running cluster) or cluster = '
+                '"module.Class" (started for the run), ' + ("not both" if given else "one of them"),
+            )
+        if "cluster_options" in table and table.get("cluster") is None:
+            yield ("dask", "cluster_options"), "only with cluster (a class fedsim starts)"
+    for i, site in sites:
+        if site.get("location") != DASK_LOCATION:
+            continue
+        if not isinstance(table, dict):
+            yield (
+                ("sites", i, "location"),
+                'a site with location = "dask" needs a [dask] table naming the cluster',
+            )
+        if raw.get("platform") == "featurecloud":
             yield (
                 ("sites", i, "location"),
                 'platform = "featurecloud" runs local sites only so far',

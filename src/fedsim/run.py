@@ -423,7 +423,9 @@ class Run:
         tls = None
         if self._relay_tls is not None:
             cert = self._relay_tls[1]
-            tls = TlsListen("127.0.0.1", 0, cert.cert_file, cert.key_file)
+            assert self._sites is not None
+            host, port = self._sites.relay_bind
+            tls = TlsListen(host, port, cert.cert_file, cert.key_file)
         planned = [f for f in self.config.faults if f.step == step.index]
         if planned:
             step.relay_state.faults = FaultPlan(
@@ -457,8 +459,8 @@ class Run:
         assert step.relay_state is not None and step.env is not None
         assert self._sites is not None and relay.socket_path is not None
         relay_tls = None
-        if self._relay_tls is not None and relay.port is not None:
-            relay_tls = RelayTls(relay.port, self._relay_tls[0].cert_pem)
+        if self._relay_tls is not None and relay.port is not None and relay.tls is not None:
+            relay_tls = RelayTls(relay.port, self._relay_tls[0].cert_pem, relay.tls.host)
         tokens = step.relay_state.tokens
         app = self._app_bundle(step)
         configs = {cfg.name: cfg for cfg in self.config.sites}

@@ -56,11 +56,13 @@ class AppBundle:
 
 @dataclass(frozen=True)
 class RelayTls:
-    """The relay's TLS listener on this machine's loopback, for sites that reach it through
-    a forward (``port``), and the run's CA that agents pin (``ca_pem``, public)."""
+    """The relay's TLS listener (``host``, ``port``: this machine's loopback unless a family
+    asked for another address, ``SiteGroup.relay_bind``), for sites that reach it through a
+    forward or a proxy of their own, and the run's CA that agents pin (``ca_pem``, public)."""
 
     port: int
     ca_pem: str
+    host: str = "127.0.0.1"
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from fedsim.config import DASK_LOCATION
 from fedsim.sites.base import Placement
 from fedsim.sites.group import SiteGroup
 
@@ -36,14 +37,24 @@ def _ssh(config: RunConfig, sites: Sequence[SiteConfig], workdir: Path, run_id: 
     return SshFamily(config, sites, workdir, run_id)
 
 
+def _dask(config: RunConfig, sites: Sequence[SiteConfig], workdir: Path, run_id: str) -> Family:
+    from fedsim.sites.dask import DaskFamily
+
+    return DaskFamily(config, sites, workdir, run_id)
+
+
 KINDS: dict[str, Callable[[RunConfig, Sequence[SiteConfig], Path, str], Family]] = {
     "local": _local,
     "ssh": _ssh,
+    "dask": _dask,
 }
 
 
 def site_kind(site: SiteConfig) -> str:
-    """Where the config puts a site: ``ssh`` for an ``ssh://`` location, else local."""
+    """Where the config puts a site: ``ssh`` for an ``ssh://`` location, ``dask`` for a
+    worker of the ``[dask]`` cluster, else local."""
+    if site.location == DASK_LOCATION:
+        return "dask"
     return "ssh" if site.ssh is not None else "local"
 
 

@@ -84,6 +84,16 @@ class SiteGroup:
         return results
 
     @property
+    def relay_bind(self) -> tuple[str, int]:
+        """Where the relay's TLS listener listens: loopback (SSH forwards end there) unless
+        a family reached over the network names an address (``relay_bind`` of a family)."""
+        for family in self._families:
+            bind: tuple[str, int] | None = getattr(family, "relay_bind", None)
+            if bind is not None:
+                return bind
+        return ("127.0.0.1", 0)
+
+    @property
     def remote(self) -> bool:
         """Some site reaches the relay over TLS: the run's relay listens for it."""
         return any(p.remote for p in self.placements.values())

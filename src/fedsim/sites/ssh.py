@@ -41,9 +41,10 @@ from fedsim.errors import SiteFailed, SiteUnreachable
 from fedsim.logs import FIELD_SEPARATOR, get_logger
 from fedsim.safefiles import Skipped, copy_inputs, prune_tree
 from fedsim.sites.bare import unsandboxed_warning
-from fedsim.sites.base import AgentLaunch, AppBundle, LineSink, SiteStep, wait_by_polling
+from fedsim.sites.base import AgentLaunch, AppBundle, LineSink, SiteStep
 from fedsim.sites.limits import Limits
 from fedsim.sites.provision import Provisioned, provision, remote_home_path
+from fedsim.sites.remote_running import RemoteRunningSite, dispatch
 from fedsim.sites.ssh_connect import SshSession, connect
 from fedsim.sites.wheelhouse import Wheelhouse, agent_wheelhouse, app_wheelhouse
 
@@ -158,7 +159,7 @@ class SshPlacement:
         self._lost: str | None = None
         self._closing = False
         self._sink: LineSink | None = None
-        self._running: SshRunningSite | None = None
+        self._running: RemoteRunningSite | None = None
         self._forward: asyncssh.SSHListener | None = None
         self._apps: dict[AppBundle, tuple[str, str]] = {}
         self._remote_env_file: str | None = None
@@ -233,7 +234,7 @@ class SshPlacement:
             shutil.rmtree(local, ignore_errors=True)
         self._request("inputs", inputs=[remote])
 
-    def spawn(self, launch: AgentLaunch, step: SiteStep, on_line: LineSink) -> SshRunningSite:
+    def spawn(self, launch: AgentLaunch, step: SiteStep, on_line: LineSink) -> RemoteRunningSite:
         if step.relay_tls is None:
             raise SiteFailed(f"site {self.name}: an SSH site needs the relay's TLS listener")
         loop = self._family.loop
@@ -246,7 +247,7 @@ class SshPlacement:
         if step.env_file is not None and self._remote_env_file is None:
             self._remote_env_file = f"{self.folder}/site.env"
             loop.call(self._upload_secret(step.env_file, self._remote_env_file))
-        running = SshRunningSite(self)
+        running = RemoteRunningSite(self)
         self._running = running
         self._request(
             "spawn",
@@ -360,14 +361,7 @@ class SshPlacement:
             return
 
     def _dispatch(self, message: dict[str, Any]) -> None:
-        if "reply" in message:
-            future = self._pending.get(message["reply"])
-            if future is not None and not future.done():
-                future.set_result(message)
-        elif "line" in message:
-            self._line(str(message["line"]), float(message.get("t", time.time())))
-        elif "exit" in message and self._running is not None:
-            self._running.ended(message)
+        dispatch(message, self._pending.get, self._line, self._running)
 
     def _line(self, line: str, stamp: float | None) -> None:
         at = None if stamp is None else stamp - self.clock_offset
@@ -444,46 +438,6 @@ class SshPlacement:
             with contextlib.suppress(SiteUnreachable):
                 self._request("stop", timeout=60)
 
-    @property
-    def lost(self) -> str | None:
-        return self._lost
-
-
-class SshRunningSite:
-    """A step at an SSH site: its end comes as a message from the site host, or as the
-    connection's loss."""
-
-    def __init__(self, placement: SshPlacement) -> None:
-        self._placement = placement
-        self._code: int | None = None
-        self._failure: str | None = None
-        self._memory: dict[str, int] = {}
-        self._stopped = False
-
-    def ended(self, message: dict[str, Any]) -> None:
-        self._failure = message.get("failure")
-        self._memory = {k: int(v) for k, v in (message.get("memory") or {}).items()}
-        self._code = int(message["exit"])
-
-    def poll(self) -> int | None:
-        if self._code is not None:
-            return self._code
-        lost = self._placement.lost
-        if lost is not None:
-            self._failure = f"{lost} to {self._placement.target.address}"
-            self._code = 255
-        return self._code
-
-    def wait(self, timeout: float | None = None) -> int | None:
-        return wait_by_polling(self.poll, timeout)
-
-    def failure(self) -> str | None:
-        return self._failure
-
-    def memory(self) -> dict[str, int]:
-        return dict(self._memory)
-
-    def stop(self) -> None:
-        if not self._stopped:
-            self._stopped = True
-            self._placement.stop_running()
+    def lost_failure(self) -> str | None:
+        """The loss with the host it was lost from, for the running step's failure."""
+        return None if self._lost is None else f"{self._lost} to {self.target.address}"

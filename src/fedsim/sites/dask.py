@@ -1,0 +1,392 @@
+"""The Dask placement: sites on the workers of a Dask cluster, separated as local ones.
+
+The family connects one ``distributed.Client`` per run (to a running scheduler, or to a
+cluster it starts from the config's deployment class) and gives each site a worker, at most
+``sites_per_worker`` sites per worker. Each site is one long-running task pinned to its
+worker (``dask_task.py``), which holds the site with the same site host an SSH site runs
+(``remote_host.py``: network of its own, sandboxes, uids, seccomp, limits) in the worker's
+own process tree. This side drives it as ``ssh.py`` drives its host, with the same requests,
+through two ``distributed.Queue``s per site instead of an SSH channel; the site's own files
+(app, inputs, env file; outputs back) travel inside those messages, nowhere else.
+
+The relay listens with TLS on the ``[dask]`` table's ``relay_address`` (``relay_bind``):
+workers on a cluster have no path back but the network. The worker-side task joins a Unix
+socket in the agent's sandbox to it; TLS ends in the agent, pinned to the run's CA, and each
+site has its own token, as for SSH sites.
+
+A worker that leaves the cluster (killed, lost) is noticed by the family's watcher, which
+asks the scheduler for its workers every ``WATCH_INTERVAL``: the sites it held fail, naming
+the worker, within seconds. The app's environment must exist at the same path on the
+workers (a shared filesystem); provisioning it there is not done yet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import itertools
+import math
+import shutil
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fedsim.errors import ConfigError, SiteFailed, SiteUnreachable
+from fedsim.logs import FIELD_SEPARATOR, get_logger
+from fedsim.safefiles import Skipped, copy_inputs, prune_tree
+from fedsim.sites.bare import unsandboxed_warning
+from fedsim.sites.base import AgentLaunch, AppBundle, LineSink, SiteStep
+from fedsim.sites.limits import Limits
+from fedsim.sites.remote_running import RemoteRunningSite, dispatch
+from fedsim.sites.ssh import AGENT_SOCKET
+from fedsim.sites.tarball import pack, unpack
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+    from fedsim.config import DaskConfig, RunConfig, SiteConfig
+
+log = get_logger("dask")
+
+REQUEST_TIMEOUT = 120.0
+WATCH_INTERVAL = 0.5
+PING_INTERVAL = 2.0
+"""The worker-side task ends its site after ``dask_task.ORCHESTRATOR_TIMEOUT`` without one."""
+WORKERS_TIMEOUT = 60.0
+"""How long a run waits for the cluster to have the workers its sites need."""
+
+
+def _import_distributed() -> Any:
+    try:
+        import distributed
+    except ImportError as exc:  # pragma: no cover - a dependency of fedsim
+        raise ConfigError(
+            'sites with location = "dask" need dask\'s distributed: pip install distributed'
+        ) from exc
+    return distributed
+
+
+def _cluster_class(name: str) -> Any:
+    module, _, attr = name.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"dask.cluster: {name} cannot be imported: {exc}") from exc
+
+
+class DaskFamily:
+    """A run's Dask sites: the client, the cluster it started (if any), each site's worker,
+    and the watcher that notices a worker leaving."""
+
+    def __init__(self, config: RunConfig, sites: Sequence[SiteConfig], workdir: Path, run_id: str):
+        assert config.dask is not None
+        self._config = config
+        self.settings: DaskConfig = config.dask
+        self._sites = list(sites)
+        self._workdir = workdir
+        self._run_id = run_id
+        distributed = _import_distributed()
+        self._cluster: Any = None
+        address = self.settings.scheduler
+        try:
+            if address is None:
+                assert self.settings.cluster is not None
+                cls = _cluster_class(self.settings.cluster)
+                self._cluster = cls(**self.settings.cluster_options)
+                address = str(self._cluster.scheduler_address)
+            self.address = address
+            self.client: Client = distributed.Client(address, timeout="20s", set_as_default=False)
+            self.workers = self._assign_workers()
+        except BaseException:
+            self.close()
+            raise
+        self._placements: list[DaskPlacement] = []
+        self._stop = threading.Event()
+        self._watcher = threading.Thread(target=self._watch, name="dask-watch", daemon=True)
+        self._watcher.start()
+
+    @property
+    def relay_bind(self) -> tuple[str, int]:
+        """The relay's TLS listener listens where the workers can reach it."""
+        return self.settings.relay_bind
+
+    def _assign_workers(self) -> dict[str, str]:
+        """Site -> worker address: sites dealt in turn over as many workers as they need,
+        at most ``sites_per_worker`` on one."""
+        per_worker = self.settings.sites_per_worker
+        needed = math.ceil(len(self._sites) / per_worker)
+        try:
+            self.client.wait_for_workers(needed, timeout=WORKERS_TIMEOUT)
+        except TimeoutError as exc:
+            have = len(self.client.nthreads())
+            raise SiteUnreachable(
+                ", ".join(s.name for s in self._sites),
+                self.address,
+                f"{len(self._sites)} dask sites with sites_per_worker = {per_worker} need "
+                f"{needed} workers; the cluster has {have} after {WORKERS_TIMEOUT:g} s",
+            ) from exc
+        workers = sorted(self.client.nthreads())[:needed]
+        return {site.name: workers[i % needed] for i, site in enumerate(self._sites)}
+
+    def placement(self, site: SiteConfig) -> DaskPlacement:
+        placement = DaskPlacement(
+            site.name,
+            self.workers[site.name],
+            family=self,
+            limits=self._config.limits_of(site),
+            run_id=self._run_id,
+            staging=self._workdir / "dask-staging" / site.name,
+        )
+        self._placements.append(placement)
+        return placement
+
+    def _watch(self) -> None:
+        """Every site whose worker is gone, or whose task ended unasked, is lost; and every
+        open site gets a ping, so that its task knows the orchestrator is still here."""
+        last_ping = 0.0
+        while not self._stop.wait(WATCH_INTERVAL):
+            try:
+                alive = set(self.client.nthreads())
+            except Exception as exc:  # the scheduler itself is gone
+                for placement in self._placements:
+                    placement.lose(f"the scheduler at {self.address} stopped answering: {exc}")
+                continue
+            ping = time.monotonic() - last_ping >= PING_INTERVAL
+            for placement in self._placements:
+                placement.check(alive)
+                if ping:
+                    placement.ping()
+            if ping:
+                last_ping = time.monotonic()
+
+    def close(self) -> None:
+        stop = getattr(self, "_stop", None)
+        if stop is not None:
+            stop.set()
+            self._watcher.join(timeout=10)
+        client = getattr(self, "client", None)
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close(timeout=10)
+        if self._cluster is not None:
+            with contextlib.suppress(Exception):
+                self._cluster.close()
+
+
+class DaskPlacement:
+    """One site as a task on one worker (see the module docstring)."""
+
+    remote = True
+
+    def __init__(
+        self,
+        name: str,
+        worker: str,
+        *,
+        family: DaskFamily,
+        limits: Limits,
+        run_id: str,
+        staging: Path,
+    ) -> None:
+        self.name = name
+        self.worker = worker
+        self._family = family
+        self._limits = limits
+        self._run_id = run_id
+        self._staging = staging
+        self._requests: Any = None
+        self._events: Any = None
+        self._task: Any = None
+        self._reader: threading.Thread | None = None
+        self._pending: dict[int, Future[dict[str, Any]]] = {}
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self._lost: str | None = None
+        self._closing = False
+        self._sink: LineSink | None = None
+        self._running: RemoteRunningSite | None = None
+        self._apps: dict[AppBundle, str] = {}
+        self.sandboxed = True
+
+    # --- Placement -------------------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "dask", "worker": self.worker, "sandboxed": self.sandboxed}
+
+    def open(self) -> None:
+        """The site's task on its worker, its queues, and the site's folder and network."""
+        distributed = _import_distributed()
+        from fedsim.sites.dask_task import run_site
+
+        client = self._family.client
+        prefix = f"fedsim-{self._run_id}-{self.name}"
+        self._requests = distributed.Queue(f"{prefix}-requests", client=client)
+        self._events = distributed.Queue(f"{prefix}-events", client=client)
+        self._task = client.submit(
+            run_site,
+            self._requests,
+            self._events,
+            key=f"{prefix}-site",
+            pure=False,
+            workers=[self.worker],
+            allow_other_workers=False,
+            retries=0,
+        )
+        self._reader = threading.Thread(target=self._read, name=f"dask-{self.name}", daemon=True)
+        self._reader.start()
+        answer = self._request(
+            "open", site=self.name, run_id=self._run_id, limits=asdict(self._limits)
+        )
+        self.sandboxed = bool(answer.get("sandboxed", False))
+        if not self.sandboxed:
+            log.warning("%s (%s)", unsandboxed_warning(self.name), self.worker)
+        log.info("site %s: on dask worker %s", self.name, self.worker)
+
+    def prepare(self, app: AppBundle) -> None:
+        """The app's folder travels with the request; its environment must be at the same
+        path on the worker (a shared filesystem)."""
+        answer = self._request("prepare", app=pack(app.app_dir), env=str(app.env))
+        self._apps[app] = str(answer["app_dir"])
+
+    def put_inputs(self, inputs: Sequence[Path], overrides: Sequence[Path] = ()) -> None:
+        """Merged here exactly as for a local site, then sent as one folder."""
+        local = self._staging / "inputs"
+        shutil.rmtree(local, ignore_errors=True)
+        try:
+            copy_inputs(inputs, local, overrides)
+            data = pack(local)
+        finally:
+            shutil.rmtree(local, ignore_errors=True)
+        self._request("inputs", inputs_tar=data)
+
+    def spawn(self, launch: AgentLaunch, step: SiteStep, on_line: LineSink) -> RemoteRunningSite:
+        if step.relay_tls is None:
+            raise SiteFailed(f"site {self.name}: a Dask site needs the relay's TLS listener")
+        if self._running is not None:
+            self._running.stop()
+        self._sink = on_line
+        running = RemoteRunningSite(self)
+        self._running = running
+        self._request(
+            "spawn",
+            launch=replace(
+                launch, relay_url=AGENT_SOCKET, relay_ca=step.relay_tls.ca_pem
+            ).to_json(),
+            token=step.token,
+            relay=[step.relay_tls.host, step.relay_tls.port],
+            env_bytes=None if step.env_file is None else step.env_file.read_bytes(),
+            app_dir=self._apps[step.app],
+            env=str(step.app.env),
+        )
+        return running
+
+    def fetch_outputs(self, dest: Path) -> list[Skipped]:
+        """Pruned at the worker, sent back as a tar, pruned here again (what arrives is what
+        this machine trusts)."""
+        if self._running is None:
+            return []
+        answer = self._request("collect")
+        skipped = [Skipped(path, reason) for path, reason in answer.get("skipped", [])]
+        unpack(answer["output"], dest)
+        return skipped + prune_tree(dest)
+
+    def close(self) -> None:
+        """The task stops the site, removes its folder at the worker and ends."""
+        self._closing = True
+        if self._task is None:
+            return
+        if self._lost is None:
+            with contextlib.suppress(SiteUnreachable, SiteFailed):
+                self._request("close", timeout=60)
+            with contextlib.suppress(Exception):
+                self._task.result(timeout=30)
+        with contextlib.suppress(Exception):
+            self._task.cancel()
+        self._task = None
+
+    # --- the task --------------------------------------------------------------------------
+
+    def _request(self, op: str, timeout: float = REQUEST_TIMEOUT, **fields: Any) -> dict[str, Any]:
+        if self._lost is not None:
+            raise SiteUnreachable(self.name, self.worker, self._lost)
+        ident = next(self._ids)
+        future: Future[dict[str, Any]] = Future()
+        with self._lock:
+            self._pending[ident] = future
+        try:
+            self._requests.put({"id": ident, "op": op, **fields})
+            answer = future.result(timeout)
+        except TimeoutError as exc:
+            raise SiteUnreachable(
+                self.name, self.worker, f"no answer to {op} in {timeout:g} s"
+            ) from exc
+        finally:
+            with self._lock:
+                self._pending.pop(ident, None)
+        if "error" in answer:
+            where = f"site {self.name} (dask worker {self.worker})"
+            raise SiteFailed(f"{where}: {op}: {answer['error']}")
+        return answer
+
+    def _read(self) -> None:
+        while self._lost is None and self._task is not None:
+            try:
+                batch = self._events.get(timeout=1)
+            except TimeoutError:
+                continue
+            except Exception as exc:  # the client closed, the scheduler went away
+                if not self._closing:
+                    self.lose(f"the site's messages stopped: {type(exc).__name__}: {exc}")
+                return
+            for message in batch:
+                dispatch(message, self._reply, self._line, self._running)
+
+    def _reply(self, ident: int) -> Future[dict[str, Any]] | None:
+        with self._lock:
+            return self._pending.get(ident)
+
+    def _line(self, line: str, stamp: float | None) -> None:
+        if self._sink is not None:
+            self._sink(line, stamp)
+        else:
+            log.info("site %s: %s", self.name, line.split(FIELD_SEPARATOR)[-1])
+
+    def check(self, alive: set[str]) -> None:
+        """From the family's watcher: is the worker still there, the task still running?"""
+        if self._task is None or self._lost is not None or self._closing:
+            return
+        if self.worker not in alive:
+            self.lose(f"dask worker {self.worker} left the cluster (it died or was stopped)")
+        elif self._task.done():
+            with contextlib.suppress(Exception):
+                error = self._task.exception(timeout=0)
+                self.lose(f"the site's task ended: {error or self._task.result(timeout=0)}")
+
+    def ping(self) -> None:
+        if self._requests is not None and self._lost is None and not self._closing:
+            with contextlib.suppress(Exception):
+                self._requests.put({"op": "ping"})
+
+    def lose(self, reason: str) -> None:
+        if self._lost is not None:
+            return
+        self._lost = reason
+        log.error("site %s: %s", self.name, reason)
+        with self._lock:
+            pending = list(self._pending.values())
+        for future in pending:
+            if not future.done():
+                future.set_exception(SiteUnreachable(self.name, self.worker, reason))
+
+    def stop_running(self) -> None:
+        if self._lost is None:
+            with contextlib.suppress(SiteUnreachable, SiteFailed):
+                self._request("stop", timeout=60)
+
+    def lost_failure(self) -> str | None:
+        """The loss (it names the worker), for the running step's failure."""
+        return self._lost

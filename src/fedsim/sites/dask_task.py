@@ -1,0 +1,200 @@
+"""The far end of a Dask site: one long-running task on a worker that holds one site.
+
+The task starts the site host (``remote_host.py``, the same code an SSH site runs at its
+host) as a child of the worker, with the worker's own interpreter, and joins it to the
+orchestrator through two ``distributed.Queue``s: requests come in, replies, lines and the
+agent's exit go out (in batches: every put is a trip through the scheduler). Only this
+site's own files travel, inside the requests and replies (``tarball.py``): the app, the
+step's inputs, the env file (written 0600 here), the outputs. Nothing is ever handed to
+another task, so no site's data moves between workers.
+
+The relay is reached over TCP with TLS: each step gets a Unix socket in the site's folder
+that the agent's sandbox binds (``relay_proxy.py``). When the orchestrator falls silent (no
+request, not even its pings, for ``ORCHESTRATOR_TIMEOUT``), the site is stopped and the task
+ends: nothing of a run stays on a worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import queue
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from fedsim.logs import FIELD_SEPARATOR
+from fedsim.sites.relay_proxy import RelayProxy
+from fedsim.sites.tarball import pack, unpack
+
+ORCHESTRATOR_TIMEOUT = 30.0
+"""Seconds without a request or a ping after which the orchestrator is taken to be gone."""
+BATCH_INTERVAL = 0.05
+
+
+class _Outbox:
+    """Messages to the orchestrator, sent in batches by a thread of their own."""
+
+    def __init__(self, events: Any) -> None:
+        self._events = events
+        self._pending: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._send, name="outbox", daemon=True)
+        self._thread.start()
+
+    def put(self, message: dict[str, Any]) -> None:
+        self._pending.put(message)
+
+    def _send(self) -> None:
+        done = False
+        while not done:
+            batch = [self._pending.get()]
+            time.sleep(BATCH_INTERVAL)
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    batch.append(self._pending.get_nowait())
+            done = batch[-1] is None
+            messages = [m for m in batch if m is not None]
+            if messages:
+                self._events.put(messages)
+
+    def close(self) -> None:
+        self._pending.put(None)
+        self._thread.join(timeout=30)
+
+
+class SiteTask:
+    """Between the queues and the site host (see the module docstring)."""
+
+    def __init__(self, events: Any) -> None:
+        self.outbox = _Outbox(events)
+        self.folder = Path(tempfile.mkdtemp(prefix="fedsim-dask-"))  # short: socket paths
+        self._host = subprocess.Popen(
+            [sys.executable, "-m", "fedsim.sites.remote_host"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=self.folder,
+        )
+        self._after: dict[Any, Any] = {}
+        self._proxy: RelayProxy | None = None
+        self._step = 0
+        self._apps = 0
+        threading.Thread(target=self._read_answers, daemon=True).start()
+        threading.Thread(target=self._read_errors, daemon=True).start()
+
+    def _read_answers(self) -> None:
+        assert self._host.stdout is not None
+        for text in self._host.stdout:
+            message = json.loads(text)
+            finish = self._after.pop(message.get("reply"), None)
+            if finish is not None and "error" not in message:
+                finish(message)
+            self.outbox.put(message)
+
+    def _read_errors(self) -> None:
+        """What the site host prints outside the protocol (a crash's traceback)."""
+        assert self._host.stderr is not None
+        for text in self._host.stderr:
+            self._warn(text.rstrip())
+
+    def handle(self, request: dict[str, Any]) -> None:
+        """Files out of the request into the site's folder, their paths into it, and on
+        to the site host; a reply that brings files back is completed in ``_after``."""
+        op = request["op"]
+        if op == "open":
+            request["dir"] = str(self.folder / "site")
+        elif op == "prepare":
+            self._apps += 1
+            app_dir = self.folder / "apps" / str(self._apps)
+            unpack(request.pop("app"), app_dir)
+            request["app_dir"] = str(app_dir)
+            self._after[request["id"]] = lambda reply: reply.update(app_dir=str(app_dir))
+        elif op == "inputs":
+            self._step += 1
+            inputs = self.folder / "inputs" / f"step-{self._step}"
+            unpack(request.pop("inputs_tar"), inputs)
+            request["inputs"] = [str(inputs)]
+        elif op == "spawn":
+            self._spawn(request)
+        elif op == "collect":
+            output = self._output()
+            request["output_dir"] = str(output)
+            self._after[request["id"]] = lambda reply: reply.update(output=pack(output))
+        self._send(request)
+
+    def _spawn(self, request: dict[str, Any]) -> None:
+        self._close_proxy()
+        socket_path = self.folder / f"relay-{self._step}.sock"
+        host, port = request.pop("relay")
+        self._proxy = RelayProxy(socket_path, host, int(port), self._warn)
+        request["relay_socket"] = str(socket_path)
+        request["output_dir"] = str(self._output())
+        secret = request.pop("env_bytes", None)
+        if secret is not None:
+            env_file = self.folder / "site.env"
+            env_file.touch(mode=0o600)
+            env_file.write_bytes(secret)
+            request["env_file"] = str(env_file)
+
+    def _warn(self, message: str) -> None:
+        line = FIELD_SEPARATOR.join(("site", "WARNING", message))
+        self.outbox.put({"line": line, "t": time.time()})
+
+    def _output(self) -> Path:
+        return self.folder / "outputs" / f"step-{self._step}"
+
+    def _send(self, request: dict[str, Any]) -> None:
+        assert self._host.stdin is not None
+        self._host.stdin.write(json.dumps(request) + "\n")
+        self._host.stdin.flush()
+
+    def _close_proxy(self) -> None:
+        proxy, self._proxy = self._proxy, None
+        if proxy is not None:
+            proxy.close()
+
+    def close(self) -> None:
+        """The site host stops the site when its input closes; then the folder goes."""
+        with contextlib.suppress(OSError):
+            if self._host.stdin is not None:
+                self._host.stdin.close()
+        try:
+            self._host.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self._host.kill()
+            self._host.wait()
+        self._close_proxy()
+        self.outbox.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def run_site(requests: Any, events: Any) -> str:
+    """The task: serves one site until the orchestrator says ``close`` or falls silent.
+    Seceded from the worker's thread pool, so a worker holds as many sites as it is given
+    (``sites_per_worker``) whatever its number of threads. Returns why it ended."""
+    from distributed import secede
+
+    secede()
+    task = SiteTask(events)
+    ended = "closed"
+    try:
+        while True:
+            try:
+                request = requests.get(timeout=ORCHESTRATOR_TIMEOUT)
+            except TimeoutError:
+                ended = f"no word from the orchestrator in {ORCHESTRATOR_TIMEOUT:g} s"
+                break
+            if request.get("op") == "ping":
+                continue
+            task.handle(request)
+            if request.get("op") == "close":
+                break
+    finally:
+        task.close()
+    return ended
