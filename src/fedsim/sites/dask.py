@@ -34,6 +34,7 @@ from concurrent.futures import Future
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from fedsim.errors import ConfigError, SiteFailed, SiteUnreachable
 from fedsim.logs import FIELD_SEPARATOR, get_logger
@@ -78,6 +79,20 @@ def _cluster_class(name: str) -> Any:
         raise ConfigError(f"dask.cluster: {name} cannot be imported: {exc}") from exc
 
 
+def _warn_if_secrets_in_clear(address: str) -> None:
+    """Each site's relay token and env file reach its worker through the scheduler: over plain
+    TCP to another machine, anyone on that path could read them. Said once, plainly."""
+    parts = urlsplit(address)
+    host = parts.hostname or ""
+    if parts.scheme == "tcp" and host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning(
+            "the Dask scheduler %s is reached over plain TCP: each site's relay token and env "
+            "file pass through it unencrypted; use a tls:// scheduler (dask's Security) for "
+            "clusters beyond this machine",
+            address,
+        )
+
+
 class DaskFamily:
     """A run's Dask sites: the client, the cluster it started (if any), each site's worker,
     and the watcher that notices a worker leaving."""
@@ -99,6 +114,7 @@ class DaskFamily:
                 self._cluster = cls(**self.settings.cluster_options)
                 address = str(self._cluster.scheduler_address)
             self.address = address
+            _warn_if_secrets_in_clear(address)
             self.client: Client = distributed.Client(address, timeout="20s", set_as_default=False)
             self.workers = self._assign_workers()
         except BaseException:
