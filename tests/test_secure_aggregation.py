@@ -244,7 +244,11 @@ def dp_sites(values: list, **options) -> dict:
 def test_dp_off_delivers_values_exactly_and_on_adds_noise(tmp_path: Path) -> None:
     values = [[float(i)] * 500 for i in range(3)]
     quiet = write_run(tmp_path / "quiet", DP_APP, dp_sites(values, use_dp=False))
-    loud = write_run(tmp_path / "loud", DP_APP, dp_sites(values, epsilon=1.0, clippingVal=10.0))
+    # seeded: the noise's spread is checked on one fixed draw; unseeded, 3 draws of 500 fell
+    # outside the 15 % band about once in a hundred runs
+    loud = write_run(
+        tmp_path / "loud", DP_APP, dp_sites(values, epsilon=1.0, clippingVal=10.0), seed=11
+    )
     received = {}
     for label, config in (("quiet", quiet), ("loud", loud)):
         result = fedsim("run", str(config))
