@@ -23,7 +23,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,7 @@ from fedsim.sites.limits import Limits, rlimit_prefix
 from fedsim.sites.local import LocalPlacement
 from fedsim.sites.local_step import LAUNCHER, LocalRunningSite, SiteContext
 from fedsim.sites.sandbox import running_as_root
-from fedsim.sites.sandboxes import SandboxProcess, _pump, write_private
+from fedsim.sites.sandboxes import SandboxProcess, start_reader, write_private
 
 APP_ENV_DIR = "/run/fedsim-app"
 """Where the app's launcher looks for the site's env file, as in a sandbox."""
@@ -80,9 +79,7 @@ def _start(
     argv: list[str], on_line: LineSink, tag: str | None, name: str, **options: Any
 ) -> _Group:
     process = spawn_line_reader(argv, start_new_session=True, **options)
-    reader = threading.Thread(target=_pump, args=(process, on_line, tag), name=name, daemon=True)
-    reader.start()
-    return _Group(process, None, reader)
+    return _Group(process, None, start_reader(process, on_line, tag, name))
 
 
 class _BareContext(SiteContext):

@@ -119,11 +119,17 @@ def start_sandbox(
         for fd in (info_write, seccomp, *fds):
             os.close(fd)
     init_pid = _read_info(info_read)
-    reader = threading.Thread(
-        target=_pump, args=(process, on_line, tag), name=thread_name, daemon=True
-    )
+    return SandboxProcess(process, init_pid, start_reader(process, on_line, tag, thread_name))
+
+
+def start_reader(
+    process: subprocess.Popen[str], on_line: LineSink, tag: str | None, name: str
+) -> threading.Thread:
+    """A thread handing each line ``process`` prints to ``on_line`` (see ``start_sandbox``
+    for ``tag``), for as long as it prints."""
+    reader = threading.Thread(target=_pump, args=(process, on_line, tag), name=name, daemon=True)
     reader.start()
-    return SandboxProcess(process, init_pid, reader)
+    return reader
 
 
 def _pump(process: subprocess.Popen[str], on_line: LineSink, tag: str | None) -> None:

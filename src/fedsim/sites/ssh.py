@@ -99,7 +99,6 @@ class SshFamily:
             family=self,
             limits=self._config.limits_of(site),
             run_id=self._run_id,
-            env_file=site.env_file,
             staging=self._workdir / "ssh-staging" / site.name,
         )
 
@@ -141,7 +140,6 @@ class SshPlacement:
         family: SshFamily,
         limits: Limits,
         run_id: str,
-        env_file: Path | None,
         staging: Path,
     ) -> None:
         self.name = name
@@ -149,7 +147,6 @@ class SshPlacement:
         self._family = family
         self._limits = limits
         self._run_id = run_id
-        self._env_file = env_file
         self._staging = staging
         self._session: SshSession | None = None
         self._process: asyncssh.SSHClientProcess[str] | None = None
