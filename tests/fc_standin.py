@@ -7,26 +7,38 @@ real thing: they check what the doc says (bearer tokens, roles, the upload heade
 order of statuses) and let a test misbehave on purpose (expire tokens, answer 429, never
 finish, drop a field). One ``StandInWorld`` holds the website's state; each participant's
 controller stand-in reports to it, as the real controller reports to the website.
+
+A controller stand-in is either served in-process (``controller_app``) or started at a site
+by the ``featurecloud`` CLI stand-in (tests/fc_standin_bin/featurecloud, with a ``docker``
+stand-in beside it): that one is a small process on the site's own localhost:8000 which hands
+each call to the website stand-in under ``/standin-controller/<siteKey>/``, where the same
+``controller_app`` answers for that site's user.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import io
+import os
 import secrets
+import signal
 import socket
 import threading
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 ORIGIN = "https://featurecloud.ai"
 
@@ -40,7 +52,7 @@ class StandInProject:
     status: str = "init"
     workflow: list[dict[str, Any]] = field(default_factory=list)
     members: set[str] = field(default_factory=set)
-    uploads: dict[str, list[str]] = field(default_factory=dict)
+    uploads: dict[str, list[tuple[str, bytes]]] = field(default_factory=dict)
     finalized: set[str] = field(default_factory=set)
     running_polls: int = 0
     runs: int = 0
@@ -71,6 +83,9 @@ class StandInWorld:
     log: list[tuple[float, str, str, str]] = field(default_factory=list)
     """(time, method, path, User-Agent) of every request to the website."""
     lock: threading.Lock = field(default_factory=threading.Lock)
+    results: Callable[[StandInProject, str], dict[str, bytes]] | None = None
+    """What the run hands each user as results (project, user -> files); default: a
+    ``result.txt`` naming that user's own uploads."""
 
     def expire_access_tokens(self) -> None:
         self.access.clear()
@@ -163,7 +178,15 @@ def website_app(world: StandInWorld) -> Starlette:
             "/api/project-tokens/{project_id:int}/",
         )
     ]
-    return Starlette(routes=routes)
+    mounts = [
+        Mount(f"/standin-controller/{site_key(user)}", app=controller_app(world, user))
+        for user in world.users
+    ]
+    return Starlette(routes=[*routes, *mounts])
+
+
+def site_key(user: str) -> str:
+    return f"key-{user}"
 
 
 def _authenticated(
@@ -175,7 +198,11 @@ def _authenticated(
     if path == "/api/user/info/":
         return _answer(world, request, {"username": user})
     if path == "/api/site/":
-        return _answer(world, request, {"siteName": user, "siteKey": f"key-{user}"})
+        # standinWebsite: where this site reached the website, for the controller stand-in
+        website = str(request.base_url)
+        return _answer(
+            world, request, {"siteName": user, "siteKey": site_key(user), "standinWebsite": website}
+        )
     if path == "/api/apps/":
         return _answer(world, request, world.apps)
     if path == "/api/apps/purchase/":
@@ -280,7 +307,7 @@ def controller_app(world: StandInWorld, user: str) -> Starlette:
                 world.finalize(user, project.id)
             else:
                 name = request.query_params["fileName"]
-                project.uploads.setdefault(user, []).append(f"{name}:{len(data)}")
+                project.uploads.setdefault(user, []).append((name, data))
         return JSONResponse({})
 
     async def runs(request: Request) -> Response:
@@ -307,12 +334,18 @@ def controller_app(world: StandInWorld, user: str) -> Starlette:
     async def results(request: Request) -> Response:
         with world.lock:
             project = project_of(request)
-            uploads = list(project.uploads.get(user, [])) if project else []
+            if project is None:
+                return JSONResponse({"detail": "Not found."}, status_code=404)
+            if world.results is not None:
+                files = world.results(project, user)
+            else:
+                uploads = [f"{name}:{len(data)}" for name, data in project.uploads.get(user, [])]
+                step = request.query_params["step"]
+                files = {"result.txt": f"{user} step {step}: {uploads}\n".encode()}
         buffer = io.BytesIO()
         with zipfile.ZipFile(buffer, "w") as archive:
-            archive.writestr(
-                "result.txt", f"{user} step {request.query_params['step']}: {uploads}\n"
-            )
+            for name, data in files.items():
+                archive.writestr(name, data)
         return Response(buffer.getvalue(), media_type="application/zip")
 
     return Starlette(
@@ -326,11 +359,40 @@ def controller_app(world: StandInWorld, user: str) -> Starlette:
     )
 
 
+_CLONE_NEWNET = 0x40000000
+
+
+def _socket_in(netns: str | None, host: str) -> socket.socket:
+    """A listening socket on a free port of ``host``, made in network namespace ``netns``
+    (one the test made, under /run/netns) if given: the namespace is entered by a thread of
+    its own, and the socket stays in it whoever serves it."""
+    made: list[socket.socket | BaseException] = []
+
+    def make() -> None:
+        try:
+            if netns is not None:
+                with open(f"/run/netns/{netns}") as handle:
+                    if ctypes.CDLL(None, use_errno=True).setns(handle.fileno(), _CLONE_NEWNET):
+                        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+            sock = socket.socket()
+            sock.bind((host, 0))
+            made.append(sock)
+        except BaseException as exc:
+            made.append(exc)
+
+    thread = threading.Thread(target=make)
+    thread.start()
+    thread.join()
+    if isinstance(made[0], BaseException):
+        raise made[0]
+    return made[0]
+
+
 @contextmanager
-def serve(app: Starlette) -> Iterator[str]:
-    """``app`` on a free loopback port, in a thread, for the ``with`` block; yields its URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
+def serve(app: Starlette, netns: str | None = None, host: str = "127.0.0.1") -> Iterator[str]:
+    """``app`` on a free port of ``host`` (loopback; with ``netns``, any address of that
+    test-made namespace), in a thread, for the ``with`` block; yields its URL."""
+    sock = _socket_in(netns, host)
     port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -339,8 +401,36 @@ def serve(app: Starlette) -> Iterator[str]:
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.01)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://{host}:{port}"
     finally:
         server.should_exit = True
         thread.join(5)
         sock.close()
+
+
+STANDIN_BIN = Path(__file__).resolve().parent / "fc_standin_bin"
+"""The ``featurecloud`` and ``docker`` CLI stand-ins, for a site's PATH or ~/.local/bin."""
+
+
+def pooled_means(project: StandInProject, user: str) -> dict[str, bytes]:
+    """Plays the mean app for ``StandInWorld.results``: the column means of every member's
+    uploaded data.csv pooled, as apps/mean writes them. The stand-in computes what the real
+    run would hand out, so that fedsim compare can be run on the record; it checks fedsim's
+    plumbing, not FeatureCloud's arithmetic."""
+    frames = [
+        pd.read_csv(io.BytesIO(data))
+        for uploads in project.uploads.values()
+        for name, data in uploads
+        if name == "data.csv"
+    ]
+    means = pd.concat(frames).select_dtypes("number").mean()
+    table = pd.DataFrame({"column": means.index, "mean": means.to_numpy()})
+    return {"means.csv": table.to_csv(index=False, float_format="%.17g").encode()}
+
+
+def kill_standin_controllers(home: Path) -> None:
+    """Controller stand-ins a failed test left running under ``home`` (their pid files)."""
+    for pid_file in (home / ".featurecloud-standin").glob("*.pid"):
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(pid_file.stem), signal.SIGTERM)
+        pid_file.unlink(missing_ok=True)

@@ -211,9 +211,9 @@ def test_a_good_config_validates_with_paths_resolved(tmp_path: Path) -> None:
         ),
         (
             'platform = "featurecloud"\n'
-            + TWO_SITES.replace('name = "b"', 'name = "b"\nlocation = "ssh://h"'),
+            + TWO_SITES.replace('name = "b"', 'name = "b"\nlocation = "dask"'),
             "sites[1].location",
-            'platform = "featurecloud" runs local sites only so far',
+            "a Dask worker has no way to run it",
         ),
     ],
 )

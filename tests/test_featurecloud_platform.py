@@ -1,13 +1,15 @@
 """``platform = "featurecloud"``: the whole order across three local sites against the
 stand-ins (tests/fc_standin.py), each site's commands in its own process with its own env
-file, recorded in the embedded platform's run directory layout."""
+file, each site's controller started by the ``featurecloud`` CLI stand-in, recorded in the
+embedded platform's run directory layout."""
 
 from __future__ import annotations
 
 import json
+import os
+import socket
 import zipfile
 from collections.abc import Iterator
-from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -18,41 +20,61 @@ from fedsim.config import load_config
 from fedsim.errors import ExitCode, RunTimeout
 from fedsim.featurecloud.credentials import CONTROLLER_URL, PASSWORD, USERNAME, WEBSITE_URL
 from fedsim.featurecloud.platform import Polling, run_featurecloud
-from tests.conftest import MEAN_APP
-from tests.fc_standin import StandInWorld, controller_app, serve, website_app
+from tests.conftest import MEAN_APP, ROOT
+from tests.fc_standin import (
+    STANDIN_BIN,
+    StandInWorld,
+    kill_standin_controllers,
+    serve,
+    website_app,
+)
 
 USERS = {"site-a": "pw-a-secret", "site-b": "pw-b-secret", "site-c": "pw-c-secret"}
+DATA = ROOT / "examples" / "mean" / "data"
 FAST = Polling(status_interval=0.02, min_interval=0.0)
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 @pytest.fixture
-def world_and_config(tmp_path: Path) -> Iterator[tuple[StandInWorld, Path]]:
+def world_and_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[StandInWorld, Path]]:
+    """Three local sites, each with its own env file and its own controller, started by the
+    ``featurecloud`` CLI stand-in (found on the PATH, with the ``docker`` stand-in)."""
     world = StandInWorld(users=dict(USERS))
-    with ExitStack() as stack:
-        website = stack.enter_context(serve(website_app(world)))
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("PATH", f"{STANDIN_BIN}{os.pathsep}{os.environ['PATH']}")
+    with serve(website_app(world)) as website:
         sites = ""
         for i, user in enumerate(USERS):
-            controller = stack.enter_context(serve(controller_app(world, user)))
             env = tmp_path / f"{user}.env"
             env.write_text(
-                f"{USERNAME}={user}\n{PASSWORD}={USERS[user]}\n"
-                f"{WEBSITE_URL}={website}\n{CONTROLLER_URL}={controller}\n"
+                f"{USERNAME}={user}\n{PASSWORD}={USERS[user]}\n{WEBSITE_URL}={website}\n"
+                f"{CONTROLLER_URL}=http://127.0.0.1:{free_port()}\n"
             )
             env.chmod(0o600)
-            data = tmp_path / "data" / user
-            data.mkdir(parents=True)
-            (data / "data.csv").write_text(f"x\n{i}\n")
             coordinator = "true" if i == 0 else "false"
             sites += (
                 f'\n[[sites]]\nname = "{user}"\ncoordinator = {coordinator}\n'
-                f'inputs = ["data/{user}"]\nenv_file = "{user}.env"\n'
+                f'inputs = ["{DATA / user}"]\nenv_file = "{user}.env"\n'
             )
         config = tmp_path / "fedsim.toml"
         config.write_text(
             f'app = "{MEAN_APP}"\nname = "fc"\noutput_dir = "runs"\nplatform = "featurecloud"\n'
             f"timeout = 30\n{sites}"
         )
-        yield world, config
+        try:
+            yield world, config
+        finally:
+            kill_standin_controllers(home)
+    assert not list((home / ".featurecloud-standin").glob("*.pid"))  # every one stopped
 
 
 def test_the_whole_order_across_three_sites_then_a_reused_project_that_never_finishes(
@@ -71,6 +93,13 @@ def test_the_whole_order_across_three_sites_then_a_reused_project_that_never_fin
             assert zf.namelist() == ["result.txt"]
         assert f"stand-in log of {user}, run 1, step 0" in (site / "site.log").read_text()
         assert "logged in to http://127.0.0.1" in (site / "site.log").read_text()
+        assert (
+            "FeatureCloud controller started at http://127.0.0.1:"
+            in (site / "site.log").read_text()
+        )
+        uploaded = (DATA / user / "data.csv").stat().st_size
+        moved = summary["sites"][user]["controller"]
+        assert moved["uploaded_bytes"] == uploaded and moved["downloaded_bytes"] > 0
     assert world.projects[1].members == set(USERS)
     shown = CliRunner().invoke(app, ["status", str(run_dir)])
     assert shown.exit_code == 0, shown.output

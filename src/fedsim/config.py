@@ -540,7 +540,7 @@ class RunConfig(BaseModel):
     faults: list[FaultConfig] = Field(default_factory=list)
     platform: Literal["embedded", "featurecloud"] = "embedded"
     """What runs the app: fedsim's own controller, or featurecloud.ai driven headlessly
-    (every site's ``env_file`` holds its own user's login; local sites only so far)."""
+    (each site's own login: ``fedsim.featurecloud.client_sites``)."""
     project_id: Annotated[int, Field(gt=0, strict=True)] | None = None
     """With ``platform = "featurecloud"``: reuse this project of the coordinator's."""
     dask: DaskConfig | None = None
@@ -731,23 +731,20 @@ def _ssh_only_faults(sites: list[tuple[int, dict[str, Any]]]) -> Iterator[tuple[
 def _featurecloud_faults(
     raw: dict[str, Any], sites: list[tuple[int, dict[str, Any]]]
 ) -> Iterator[tuple[Loc, str]]:
-    """featurecloud.ai needs each participant's own login (its env file); SSH and other
-    placements of its client are not built yet; a project to reuse means nothing without it."""
+    """featurecloud.ai needs each participant's own login: a local site's env file, or an
+    SSH site's (the config's, sent to that site only, or else the site's own
+    ``WORKDIR/featurecloud.env``, which never leaves it); a project to reuse means nothing
+    without it."""
     if raw.get("platform") != "featurecloud":
         if "project_id" in raw:
             yield ("project_id",), 'only with platform = "featurecloud"'
         return
     for i, site in sites:
-        if "env_file" not in site:
+        if "env_file" not in site and not _is_ssh(site.get("location")):
             yield (
                 ("sites", i, "env_file"),
                 'missing: with platform = "featurecloud" each site\'s env file holds its own '
                 "user's FEATURECLOUD_USERNAME and FEATURECLOUD_PASSWORD",
-            )
-        if _is_ssh(site.get("location")):
-            yield (
-                ("sites", i, "location"),
-                'platform = "featurecloud" runs local sites only so far',
             )
 
 
@@ -777,7 +774,8 @@ def _dask_faults(
         if raw.get("platform") == "featurecloud":
             yield (
                 ("sites", i, "location"),
-                'platform = "featurecloud" runs local sites only so far',
+                'platform = "featurecloud" runs a participant\'s client at its site over SSH or '
+                "on this machine; a Dask worker has no way to run it",
             )
 
 

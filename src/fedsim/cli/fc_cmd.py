@@ -230,7 +230,35 @@ def reset(
     stdout.print(f"project {project_id} ready", markup=False)
 
 
+def controller(
+    action: Annotated[str, typer.Argument(help="start or stop.")],
+    data_dir: Annotated[
+        Path, typer.Option(help="The controller's data folder (site_info.json goes there).")
+    ] = Path("~/.fedsim/featurecloud-data"),
+    env_file: EnvFile = DEFAULT_ENV,
+    min_interval: MinInterval = DEFAULT_INTERVAL,
+    verbose: Verbose = False,
+) -> None:
+    """Make this machine ready and start its FeatureCloud controller (Docker, the
+    featurecloud CLI and the website checked first, each missing one named), or stop it.
+    Prints "started" or "running" (one already answered)."""
+    from fedsim.cli.output import stdout
+    from fedsim.errors import ConfigError
+    from fedsim.featurecloud.site_setup import start_controller, stop_controller
+
+    if action not in ("start", "stop"):
+        raise ConfigError(f"fedsim fc controller: {action!r}: expected start or stop")
+    with _user(env_file, min_interval, verbose) as (website, own):
+        if action == "stop":
+            stop_controller()
+            stdout.print("stopped", markup=False)
+            return
+        started = start_controller(website, own, data_dir.expanduser())
+    stdout.print("started" if started else "running", markup=False)
+
+
 COMMANDS = {
+    "controller": controller,
     "apps": apps,
     "create": create,
     "join": join,

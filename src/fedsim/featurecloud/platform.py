@@ -1,24 +1,28 @@
 """``platform = "featurecloud"``: the whole order of operations across the config's sites,
 recorded in the same run directory layout as the embedded platform (so ``fedsim compare``
-reads it unchanged).
+and ``fedsim report`` read it unchanged).
 
-Each site acts with its own login only: its commands run as separate ``fedsim fc``
-processes given that site's env file, in an environment stripped of every
-``FEATURECLOUD_*`` variable; this process never reads a site's credentials. The one-time
-invitation tokens pass from the coordinator's process to each participant's on stdin, never
-on a command line. Local sites
-only so far; each site's FeatureCloud controller must already be running at the URL of its
-env file (``FEATURECLOUD_CONTROLLER_URL``): starting it (``featurecloud controller start``,
-which needs Docker) is not done by fedsim yet.
+Each site acts with its own login only, AT its site: its steps are ``fedsim fc`` commands
+run where the site lives (``client_sites.py``: a process here for a local site, fedsim's
+agent environment over SSH for a remote one), given that site's own env file; this process
+never reads a site's credentials. The one-time invitation tokens pass from the coordinator's
+command to each participant's on stdin, never on a command line.
+
+Provisioning comes first, at every site, before any project exists: Docker, the
+``featurecloud`` CLI and the website are checked there and the site's FeatureCloud controller
+is started (``featurecloud controller start``, ``site_setup.py``); every site that is not
+ready is named in one error. Controllers this run started are stopped at its end.
+
+Traffic: featurecloud.ai does not tell anyone what the sites' controllers sent each other,
+so ``traffic.csv`` has no rows and the message and byte counts are null (``traffic_note``
+says why); what each site moved between fedsim and its own controller (its uploads, the
+logs and results it downloaded) is recorded per site under ``controller``.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 import zipfile
@@ -28,14 +32,23 @@ from typing import Any
 
 import fedsim
 from fedsim.config import RunConfig, SiteConfig
-from fedsim.errors import ExitCode, RunFailed, RunTimeout
+from fedsim.errors import ExitCode, FedsimError, RunTimeout
+from fedsim.featurecloud.client_sites import Answer, ClientSite, client_sites
 from fedsim.featurecloud.errors import PlatformRunFailed
 from fedsim.featurecloud.http import Pacing
 from fedsim.logs import counted, get_logger, run_log_file
+from fedsim.progress import StateChange
 from fedsim.rundir import RunDir, iso, new_run_id
 from fedsim.safefiles import Skipped, copy_tree, prune_tree
+from fedsim.sites.ssh_connect import EventLoopThread
 
 log = get_logger("fc")
+
+TRAFFIC_NOTE = (
+    "featurecloud.ai does not report what the sites' controllers sent each other: no message "
+    "or byte counts between sites are available for this platform. Per site, `controller` "
+    "holds the bytes fedsim moved between the site and its own controller."
+)
 
 
 @dataclass(frozen=True)
@@ -60,37 +73,49 @@ class FeatureCloudRun:
         self.project_id: int | None = config.project_id
         self.site_status = {site.name: "pending" for site in config.sites}
         self.skipped: dict[str, list[dict[str, str]]] = {s.name: [] for s in config.sites}
+        self.moved = {s.name: {"uploaded_bytes": 0, "downloaded_bytes": 0} for s in config.sites}
+        self.changes: list[StateChange] = []
+        self.workdir = Path(tempfile.mkdtemp(prefix="fedsim-fc-"))
+        self.loop = EventLoopThread()
+        self.sites: dict[str, ClientSite] = client_sites(
+            config.sites, self.workdir, self.run_id, self.loop
+        )
+        self.controllers_started: list[str] = []
 
-    def _fc(self, site: SiteConfig, *args: str, stdin: str | None = None) -> str:
-        """``fedsim fc ARGS`` as ``site``'s user; its stdout. Its progress lines go to the
-        site's log and the merged log; a failure ends the run naming the site."""
-        assert site.env_file is not None  # the config requires it on this platform
-        env = {k: v for k, v in os.environ.items() if not k.startswith("FEATURECLOUD_")}
-        command = [sys.executable, "-m", "fedsim", "fc", *args]
-        command += [
-            "--env-file",
-            str(site.env_file),
-            "--min-interval",
-            str(self.polling.min_interval),
-        ]
-        done = subprocess.run(
-            command, input=stdin or "", capture_output=True, text=True, env=env, check=False
+    def _set_status(self, site: str, status: str) -> None:
+        self.site_status[site] = status
+        self.changes.append(StateChange(time.time(), 1, site, status, None, None, None))
+
+    def _where(self, name: str) -> str:
+        return str(self.sites[name].describe()["location"])
+
+    def _fc_answer(self, site: SiteConfig, *args: str, stdin: str = "") -> Answer:
+        """``fedsim fc ARGS`` at ``site``, as its user. Its progress lines go to the site's
+        log and the merged log."""
+        answer = self.sites[site.name].fc(
+            [*args, "--min-interval", str(self.polling.min_interval)], stdin
         )
         site_dir = self.run_dir.site_dir(site.name)
         site_dir.mkdir(parents=True, exist_ok=True)
         with (site_dir / "site.log").open("a", encoding="utf-8") as site_log:
-            for line in done.stderr.splitlines():
+            for line in answer.stderr.splitlines():
                 site_log.write(f"{iso(time.time())} fc     {line}\n")
                 log.info("%s", line, extra={"site": site.name, "component": "fc"})
-        if done.returncode != 0:
-            self.site_status[site.name] = "failed"
-            last = (done.stderr.strip().splitlines() or ["(no message)"])[-1]
+        if answer.code != 0:
+            self._set_status(site.name, "failed")
+        return answer
+
+    def _fc(self, site: SiteConfig, *args: str, stdin: str = "") -> str:
+        """Its stdout; a failure ends the run naming the site, the command and its error."""
+        answer = self._fc_answer(site, *args, stdin=stdin)
+        if answer.code != 0:
             message = (
-                f"site {site.name}: fedsim fc {args[0]} failed (exit {done.returncode}): {last}"
+                f"site {site.name}: fedsim fc {args[0]} failed (exit {answer.code}): "
+                f"{_last_line(answer)}"
             )
-            error_type = RunTimeout if done.returncode == ExitCode.TIMEOUT else PlatformRunFailed
+            error_type = RunTimeout if answer.code == ExitCode.TIMEOUT else PlatformRunFailed
             raise error_type(message)
-        return done.stdout
+        return answer.stdout
 
     def execute(self) -> Path:
         self.run_dir.write_config(self.config.public_dict())
@@ -103,14 +128,62 @@ class FeatureCloudRun:
                 self.run_dir.path,
             )
             try:
+                self._provision()
                 self._order_of_operations()
-            except RunFailed as exc:
+            except FedsimError as exc:
                 exc.run_dir = str(self.run_dir.path)
                 log.error("%s", exc)
-                self.run_dir.write_summary(self.summary("failed", str(exc)))
+                self._record("failed", str(exc))
                 raise
-        self.run_dir.write_summary(self.summary("finished", None))
+            finally:
+                self._close()
+        self._record("finished", None)
         return self.run_dir.path
+
+    def _record(self, status: str, error: str | None) -> None:
+        self.run_dir.write_traffic([])
+        self.run_dir.write_states(self.changes)
+        self.run_dir.write_summary(self.summary(status, error))
+
+    def _provision(self) -> None:
+        """Every site reached and its controller started, before any project is made; every
+        site that is not ready is named, with what it lacks."""
+        problems = []
+        for site in self.config.sites:
+            place = self.sites[site.name]
+            where = f"site {site.name} ({self._where(site.name)})"
+            try:
+                place.open()
+            except FedsimError as exc:
+                problems.append(f"{where}: {exc}")
+                continue
+            answer = self._fc_answer(site, "controller", "start", "--data-dir", place.data_dir())
+            if answer.code != 0:
+                problems.append(f"{where}: {_last_line(answer)}")
+                continue
+            if answer.stdout.strip() == "started":
+                self.controllers_started.append(site.name)
+            log.info("site %s: FeatureCloud controller %s", site.name, answer.stdout.strip())
+        if problems:
+            raise PlatformRunFailed(
+                "not ready for featurecloud.ai (nothing was started):\n" + "\n".join(problems)
+            )
+
+    def _close(self) -> None:
+        """Stop the controllers this run started, leave nothing of the run at the sites."""
+        by_name = {s.name: s for s in self.config.sites}
+        for name in self.controllers_started:
+            try:
+                self._fc(by_name[name], "controller", "stop")
+            except FedsimError as exc:
+                log.warning("site %s: %s", name, exc)
+        for place in self.sites.values():
+            try:
+                place.close()
+            except FedsimError as exc:
+                log.warning("site %s: closing: %s", place.name, exc)
+        self.loop.close()
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
     def _order_of_operations(self) -> None:
         coordinator = self.config.coordinator
@@ -126,17 +199,24 @@ class FeatureCloudRun:
             self._fc(site, "join", project, "-", stdin=token)
         timeout = str(self.config.timeout)
         interval = str(self.polling.status_interval)
-        with tempfile.TemporaryDirectory(prefix="fedsim-fc-") as tmp:
-            for site in (coordinator, *participants):  # the coordinator's opens the uploads
-                files = _input_files(site, Path(tmp) / site.name)
-                self._fc(site, "contribute", project, *map(str, files), "--timeout", timeout)
-                self.site_status[site.name] = "running"
+        for site in (coordinator, *participants):  # the coordinator's opens the uploads
+            files = _input_files(site, self.workdir / "inputs" / site.name)
+            there = self.sites[site.name].put_files(files, "inputs")
+            self.moved[site.name]["uploaded_bytes"] += sum(f.stat().st_size for f in files)
+            self._fc(site, "contribute", project, *there, "--timeout", timeout)
+            self._set_status(site.name, "running")
         self._fc(coordinator, "monitor", project, "--timeout", timeout, "--interval", interval)
         for site in self.config.sites:
-            with tempfile.TemporaryDirectory(prefix="fedsim-fc-") as tmp:
-                self._fc(site, "download", project, tmp)
-                self._collect(site, Path(tmp))
-            self.site_status[site.name] = "finished"
+            place = self.sites[site.name]
+            there = place.scratch("download")
+            self._fc(site, "download", project, there)
+            here = self.workdir / "downloads" / site.name
+            place.fetch(there, here)
+            self.moved[site.name]["downloaded_bytes"] += sum(
+                p.stat().st_size for p in here.rglob("*") if p.is_file()
+            )
+            self._collect(site, here)
+            self._set_status(site.name, "finished")
 
     def _collect(self, site: SiteConfig, downloaded: Path) -> None:
         """Each step's results unpacked as the embedded platform lays them out; the last
@@ -185,6 +265,7 @@ class FeatureCloudRun:
             "fedsim_version": fedsim.__version__,
             "messages": None,
             "bytes": None,
+            "traffic_note": TRAFFIC_NOTE,
             "sites": {site.name: self._site_summary(site) for site in self.config.sites},
         }
 
@@ -201,9 +282,18 @@ class FeatureCloudRun:
             "bytes_received": None,
             "app": {},
             "memory": {},
+            "controller": self.moved[site.name],
             "skipped_outputs": self.skipped[site.name],
-            "placement": {"kind": "featurecloud", "project_id": self.project_id},
+            "placement": {
+                **self.sites[site.name].describe(),
+                "platform": "featurecloud",
+                "project_id": self.project_id,
+            },
         }
+
+
+def _last_line(answer: Answer) -> str:
+    return (answer.stderr.strip().splitlines() or ["(no message)"])[-1]
 
 
 def _created(output: str, participants: int) -> tuple[int, list[str]]:

@@ -78,6 +78,11 @@ class Website:
 
     # the calls, one per row of the API's table
 
+    def site_info(self) -> dict[str, Any]:
+        """This user's site identity, for the controller's ``site_info.json``: kept as given
+        (its fields are the controller's business), but it must be a JSON object."""
+        return expect(self.call("GET", "/api/site/"), (200,))
+
     def app_store(self) -> list[dict[str, Any]]:
         return expect_list(self.call("GET", "/api/apps/"), ("id", "slug"))
 

@@ -29,10 +29,10 @@ import shlex
 import shutil
 import threading
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import asyncssh
 
@@ -45,38 +45,19 @@ from fedsim.sites.base import AgentLaunch, AppBundle, LineSink, SiteStep
 from fedsim.sites.limits import Limits
 from fedsim.sites.provision import Provisioned, provision, remote_home_path
 from fedsim.sites.remote_running import RemoteRunningSite, dispatch
-from fedsim.sites.ssh_connect import SshSession, connect
+from fedsim.sites.ssh_connect import EventLoopThread, SshSession, connect, upload_secret
 from fedsim.sites.wheelhouse import Wheelhouse, agent_wheelhouse, app_wheelhouse
 
 if TYPE_CHECKING:
     from fedsim.config import RunConfig, SiteConfig
 
 log = get_logger("ssh")
-T = TypeVar("T")
 
 REQUEST_TIMEOUT = 120.0
 """A request to the site host (open the network, copy the app for a step, prune outputs)."""
 AGENT_SOCKET = "https+unix:///run/fedsim/relay.sock"
 """The relay as the agent sees it: TLS through the forward's socket (the path is rewritten to
 where the sandbox binds it)."""
-
-
-class _Loop:
-    """An asyncio loop in a thread of its own, for every connection of the run's SSH sites."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="ssh", daemon=True)
-        self._thread.start()
-
-    def call(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=10)
-        if not self._thread.is_alive():
-            self.loop.close()
 
 
 class SshFamily:
@@ -86,7 +67,7 @@ class SshFamily:
         self._config = config
         self._workdir = workdir
         self._run_id = run_id
-        self._loop = _Loop()
+        self._loop = EventLoopThread()
         self._lock = threading.Lock()
         self._agent: Wheelhouse | None = None
         self._apps: dict[Path, Wheelhouse] = {}
@@ -115,7 +96,7 @@ class SshFamily:
             return self._apps[env]
 
     @property
-    def loop(self) -> _Loop:
+    def loop(self) -> EventLoopThread:
         return self._loop
 
     def close(self) -> None:
@@ -243,7 +224,7 @@ class SshPlacement:
         loop.call(self._forward_relay(socket, step.relay_tls.port))
         if step.env_file is not None and self._remote_env_file is None:
             self._remote_env_file = f"{self.folder}/site.env"
-            loop.call(self._upload_secret(step.env_file, self._remote_env_file))
+            loop.call(upload_secret(self._need_session(), step.env_file, self._remote_env_file))
         running = RemoteRunningSite(self)
         self._running = running
         self._request(
@@ -380,15 +361,6 @@ class SshPlacement:
                 await sftp.put(str(local), remote, recurse=True)
         except (OSError, asyncssh.Error) as exc:
             raise SiteUnreachable(self.name, self.target.address, f"upload failed: {exc}") from exc
-
-    async def _upload_secret(self, local: Path, remote: str) -> None:
-        """The site's env file, created 0600 at the host; its values are never read here."""
-        session = self._need_session()
-        attrs = asyncssh.SFTPAttrs(permissions=0o600)
-        async with session.connection.start_sftp_client() as sftp:
-            async with sftp.open(remote, "wb", attrs) as handle:
-                await handle.write(local.read_bytes())
-            await sftp.chmod(remote, 0o600)
 
     async def _download(self, remote: str, local: Path) -> None:
         session = self._need_session()

@@ -16,10 +16,11 @@ from __future__ import annotations
 import asyncio
 import os
 import shlex
-from collections.abc import Sequence
+import threading
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncssh
 
@@ -28,6 +29,7 @@ from fedsim.errors import HostKeyError, SiteUnreachable
 from fedsim.logs import get_logger
 
 log = get_logger("ssh")
+T = TypeVar("T")
 
 CONNECT_TIMEOUT = 15.0
 """Seconds for the TCP connection and the SSH handshake: a host whose link is cut answers
@@ -245,3 +247,32 @@ def workdir_shell(workdir: str) -> str:
     if workdir.startswith("~/"):
         return '"$HOME"/' + shlex.quote(workdir[2:])
     return shlex.quote(workdir)
+
+
+class EventLoopThread:
+    """An asyncio loop in a thread of its own, for every connection of a run's SSH sites:
+    callers in other threads wait for their coroutine with ``call``."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="ssh", daemon=True)
+        self._thread.start()
+
+    def call(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+        if not self._thread.is_alive():
+            self.loop.close()
+
+
+async def upload_secret(session: SshSession, local: Path, remote: str) -> None:
+    """A file of secrets (a site's env file), created 0600 at the host; never read here
+    but to copy it, and only ever to the site it belongs to."""
+    attrs = asyncssh.SFTPAttrs(permissions=0o600)
+    async with session.connection.start_sftp_client() as sftp:
+        async with sftp.open(remote, "wb", attrs) as handle:
+            await handle.write(local.read_bytes())
+        await sftp.chmod(remote, 0o600)

@@ -5,8 +5,8 @@ the wheels here (where the app's environment was already built, so pip has them 
 ships the folder; the site installs with ``pip --no-index``. Two kinds:
 
 - the agent's: fedsim itself (built from its source, without dependencies) and only what
-  the agent and the site host import (``AGENT_REQUIREMENTS`` and their dependencies, at the
-  versions installed here), not the CLI's or the analyses' libraries;
+  the agent, the site host and ``fedsim fc`` import (``AGENT_REQUIREMENTS`` and their
+  dependencies, at the versions installed here), not the analyses' libraries;
 - an app's: exactly what its environment (built here) holds.
 
 Both carry pip's own wheel, so a site whose Python lacks ``ensurepip`` (Debian without
@@ -37,8 +37,10 @@ from fedsim.rundir import directory_digest
 
 log = get_logger("provision")
 
-AGENT_REQUIREMENTS = ("httpx", "numpy", "pyseccomp")
-"""What the agent and the remote site host import beyond the standard library and fedsim."""
+AGENT_REQUIREMENTS = ("httpx", "numpy", "pyseccomp", "typer", "rich", "pydantic")
+"""What the agent and the remote site host import beyond the standard library and fedsim;
+typer, rich and pydantic for ``fedsim fc``, the featurecloud.ai participant's client that
+``platform = "featurecloud"`` runs at each site (``featurecloud/client_sites.py``)."""
 REQUIREMENTS_FILE = "requirements.txt"
 NO_DEPS_FILE = "no-deps.txt"
 """Wheels installed without their dependencies (fedsim itself: its CLI's are not needed)."""
