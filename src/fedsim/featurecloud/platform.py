@@ -26,6 +26,7 @@ import shutil
 import tempfile
 import time
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -146,28 +147,30 @@ class FeatureCloudRun:
         self.run_dir.write_summary(self.summary(status, error))
 
     def _provision(self) -> None:
-        """Every site reached and its controller started, before any project is made; every
-        site that is not ready is named, with what it lacks."""
-        problems = []
-        for site in self.config.sites:
-            place = self.sites[site.name]
-            where = f"site {site.name} ({self._where(site.name)})"
-            try:
-                place.open()
-            except FedsimError as exc:
-                problems.append(f"{where}: {exc}")
-                continue
-            answer = self._fc_answer(site, "controller", "start", "--data-dir", place.data_dir())
-            if answer.code != 0:
-                problems.append(f"{where}: {_last_line(answer)}")
-                continue
-            if answer.stdout.strip() == "started":
-                self.controllers_started.append(site.name)
-            log.info("site %s: FeatureCloud controller %s", site.name, answer.stdout.strip())
+        """Every site reached and its controller started, all sites at once and before any
+        project is made; every site that is not ready is named, with what it lacks."""
+        with ThreadPoolExecutor(max_workers=len(self.config.sites)) as pool:
+            problems = [p for p in pool.map(self._provision_site, self.config.sites) if p]
         if problems:
             raise PlatformRunFailed(
-                "not ready for featurecloud.ai (nothing was started):\n" + "\n".join(problems)
+                "not ready for featurecloud.ai (no project was made):\n" + "\n".join(problems)
             )
+
+    def _provision_site(self, site: SiteConfig) -> str | None:
+        """What the site lacks, or None once its controller answers."""
+        place = self.sites[site.name]
+        where = f"site {site.name} ({self._where(site.name)})"
+        try:
+            place.open()
+        except FedsimError as exc:
+            return f"{where}: {exc}"
+        answer = self._fc_answer(site, "controller", "start", "--data-dir", place.data_dir())
+        if answer.code != 0:
+            return f"{where}: {_last_line(answer)}"
+        if answer.stdout.strip() == "started":
+            self.controllers_started.append(site.name)
+        log.info("site %s: FeatureCloud controller %s", site.name, answer.stdout.strip())
+        return None
 
     def _close(self) -> None:
         """Stop the controllers this run started, leave nothing of the run at the sites."""
@@ -293,7 +296,13 @@ class FeatureCloudRun:
 
 
 def _last_line(answer: Answer) -> str:
-    return (answer.stderr.strip().splitlines() or ["(no message)"])[-1]
+    """The command's error as ``fedsim``'s CLI printed it (from its ``error:`` on, all its
+    lines: a config error names each field), else its last line."""
+    lines = answer.stderr.strip().splitlines() or ["(no message)"]
+    starts = [i for i, line in enumerate(lines) if line.startswith("error: ")]
+    if not starts:
+        return lines[-1]
+    return " ".join(lines[starts[-1] :]).removeprefix("error: ")
 
 
 def _created(output: str, participants: int) -> tuple[int, list[str]]:

@@ -74,8 +74,8 @@ def _overview(record: RunRecord) -> str:
         ("status", _status(s["status"])),
         ("duration", escape(f"{record.duration:.1f} s")),
         ("sites", str(len(record.sites))),
-        ("messages", str(s.get("messages", len(record.traffic)))),
-        ("bytes", escape(f"{s.get('bytes', 0):,}")),
+        ("messages", _count(s.get("messages", len(record.traffic)))),
+        ("bytes", _count(s.get("bytes", 0), grouped=True)),
         ("app", f'<span title="{escape(s["app"])}">{escape(Path(s["app"]).name)}</span>'),
     ]
     cards = "".join(f'<div class="figure">{name}<b>{value}</b></div>' for name, value in figures)
@@ -86,10 +86,10 @@ def _overview(record: RunRecord) -> str:
             "coordinator" if site["coordinator"] else "participant",
             _status(site["status"]),
             escape(str(site["app"].get("message") or site["app"].get("state") or "")),
-            site["messages_sent"],
-            site["bytes_sent"],
-            site["messages_received"],
-            site["bytes_received"],
+            _count(site["messages_sent"]),
+            _count(site["bytes_sent"]),
+            _count(site["messages_received"]),
+            _count(site["bytes_received"]),
         ]
         for name, site in s["sites"].items()
     ]
@@ -116,7 +116,30 @@ def _timeline(record: RunRecord) -> str:
     )  # fmt: skip
 
 
+def _count(value: int | None, grouped: bool = False) -> str:
+    """A count, or "n/a" where the platform cannot tell (featurecloud.ai's traffic)."""
+    if value is None:
+        return "n/a"
+    return f"{value:,}" if grouped else str(value)
+
+
+def _unavailable_traffic(record: RunRecord, note: str) -> str:
+    """A platform that cannot see the messages between sites says so; what each site moved
+    to and from its own controller is shown instead, when recorded."""
+    rows = [
+        [escape(name), _count(moved.get("uploaded_bytes")), _count(moved.get("downloaded_bytes"))]
+        for name, site in record.summary["sites"].items()
+        if (moved := site.get("controller"))
+    ]
+    header = ["site", "bytes to its own controller", "bytes from it (logs, results)"]
+    table = _table(header, rows, numeric={1, 2}) if rows else ""
+    return _section("traffic", "Traffic", _note(note), table)
+
+
 def _traffic(record: RunRecord) -> str:
+    note = record.summary.get("traffic_note")
+    if note:
+        return _unavailable_traffic(record, str(note))
     if record.traffic.empty:
         return _section("traffic", "Traffic", _note("No message crossed between sites."))
     rounds = charts.round_table(record)

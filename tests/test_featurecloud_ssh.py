@@ -1,0 +1,194 @@
+"""``platform = "featurecloud"`` on SSH sites, for real: real sshd hosts in network namespaces
+of the test's own (``sshd_hosts.py``), each participant's ``fedsim fc`` run AT its host in
+the agent environment provisioned there, with its own login, its controller started there by
+the ``featurecloud`` CLI stand-in. The website stand-in listens in the hub namespace, the
+only network the hosts reach (each at its own link's hub address); nothing leaves the
+namespaces the test made. Then ``fedsim compare`` and ``fedsim report`` on the record.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from fedsim.featurecloud.credentials import PASSWORD, USERNAME, WEBSITE_URL
+from fedsim.sites.wheelhouse import agent_wheelhouse
+from tests.conftest import ROOT, run_dir_of
+from tests.fc_standin import STANDIN_BIN, StandInWorld, pooled_means, serve, website_app
+from tests.ssh_configs import make_home, ssh_site, write_config
+from tests.sshd_hosts import SshHost, SshNetwork, ssh_network
+from tests.test_ssh_sites import fedsim_in_hub
+
+DATA = ROOT / "examples" / "mean" / "data"
+USERS = {
+    "carla": "pw-carla-1",
+    "ana": "pw-ana-2",
+    "ben": "pw-ben-3",
+    "dora": "pw-d",
+    "eve": "pw-e",
+    "fay": "pw-f",
+}
+TOLERANCE = 1e-12  # relative: the stand-in and the centralised app sum in another order
+
+
+DOCKER = shutil.which("docker")
+"""A real docker CLI on this machine (and so on the hosts, which share /usr); its engine cannot
+run here. Masked on the hosts that get the stand-in, which must be the one they find."""
+
+
+@pytest.fixture(scope="module")
+def hosts() -> Iterator[tuple[SshNetwork, list[SshHost]]]:
+    """Five hosts without this machine's docker; a sixth with it, if there is one."""
+    with ssh_network() as network:
+        masked = network.add_hosts(5, without=[DOCKER] if DOCKER else [])
+        yield network, masked + (network.add_hosts(1) if DOCKER else [])
+
+
+@pytest.fixture(scope="module")
+def world(hosts: tuple[SshNetwork, list[SshHost]]) -> Iterator[tuple[StandInWorld, int]]:
+    """The website stand-in on every address of the hub; its port."""
+    network, _ = hosts
+    world = StandInWorld(users=dict(USERS), finish_after=0, results=pooled_means)
+    with serve(website_app(world), netns=network.hub, host="0.0.0.0") as url:
+        yield world, int(url.rsplit(":", 1)[1])
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory, hosts) -> Path:
+    """fedsim's HOME in the hub; the agent's wheelhouse built here first (the hub has no
+    network, and building may need pip's index)."""
+    agent_wheelhouse()
+    network, _ = hosts
+    return make_home(tmp_path_factory.mktemp("fc-ssh-home"), network.known_hosts)
+
+
+def install_standins(host: SshHost, docker: bool = True) -> None:
+    """The ``featurecloud`` CLI stand-in (and ``docker``'s) where ``pip install --user``
+    puts scripts: ``~/.local/bin`` of the host's own home."""
+    target = host.home / ".local" / "bin"
+    target.mkdir(parents=True, exist_ok=True)
+    for name in ("featurecloud", "docker") if docker else ("featurecloud",):
+        shutil.copy(STANDIN_BIN / name, target / name)
+
+
+def env_text(user: str, website: str) -> str:
+    return f"{USERNAME}={user}\n{PASSWORD}={USERS[user]}\n{WEBSITE_URL}={website}\n"
+
+
+def private(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(0o600)
+    return path
+
+
+def test_the_whole_order_on_three_ssh_sites_each_with_its_own_login(
+    hosts, world, home: Path, tmp_path: Path
+) -> None:
+    network, (a, b, c, *_) = hosts
+    standin, port = world
+    for host in (a, b, c):
+        install_standins(host)
+    site_of = {"site-a": ("carla", a), "site-b": ("ana", b), "site-c": ("ben", c)}
+    sites = []
+    for name, (user, host) in site_of.items():
+        website = f"http://{host.hub_address}:{port}"
+        site = {**ssh_site(name, host), "inputs": [str(DATA / name)]}
+        if name == "site-c":  # its login never leaves its host: the site's own file
+            private(host.home / ".fedsim" / "featurecloud.env", env_text(user, website))
+        else:  # the config's, sent to that site only
+            site["env_file"] = str(private(tmp_path / f"{name}.env", env_text(user, website)))
+        sites.append(site)
+    config = write_config(
+        tmp_path,
+        sites,
+        head=f'platform = "featurecloud"\ntimeout = 120\noutput_dir = "{tmp_path}/runs"\n',
+    )
+    result = fedsim_in_hub(network, home, "run", str(config))
+    assert result.returncode == 0, result.stderr[-4000:]
+    run_dir = run_dir_of(result)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["platform"] == "featurecloud"
+    project = standin.projects[summary["project_id"]]
+    assert project.members == {"carla", "ana", "ben"} and project.owner == "carla"
+    for name, (user, host) in site_of.items():
+        # each site uploaded its own data, from its own host, as its own user
+        assert [n for n, _ in project.uploads[user]] == ["data.csv"]
+        assert project.uploads[user][0][1] == (DATA / name / "data.csv").read_bytes()
+        site = summary["sites"][name]
+        assert site["status"] == "finished"
+        assert site["placement"]["kind"] == "ssh" and host.address in site["placement"]["location"]
+        assert site["controller"]["uploaded_bytes"] == (DATA / name / "data.csv").stat().st_size
+        log = (run_dir / "sites" / name / "site.log").read_text()
+        assert f"logged in to http://{host.hub_address}:{port} as {user}" in log
+        assert "FeatureCloud controller started at http://localhost:8000" in log
+        # the controller was started and stopped there; the run left no login behind
+        assert not list((host.home / ".featurecloud-standin").glob("*.pid"))
+        site_info = host.home / ".fedsim" / "featurecloud-data" / "site_info.json"
+        assert site_info.stat().st_mode & 0o077 == 0
+        assert not list((host.home / ".fedsim").glob("fc-runs/*"))
+    assert (c.home / ".fedsim" / "featurecloud.env").is_file()  # the site's own, kept
+    everything = "".join(p.read_text(errors="replace") for p in run_dir.rglob("*") if p.is_file())
+    assert not any(password in everything for password in USERS.values())
+    traffic = pd.read_csv(run_dir / "traffic.csv")
+    assert traffic.empty and "sender" in traffic.columns
+    assert "does not report what the sites' controllers sent" in summary["traffic_note"]
+
+    compared = fedsim_in_hub(network, home, "compare", str(config), "--federated", str(run_dir))
+    assert compared.returncode == 0, compared.stderr[-4000:]
+    comparison = json.loads((run_dir / "comparison.json").read_text())
+    assert comparison["problem"] is None
+    reported = fedsim_in_hub(network, home, "report", str(run_dir))
+    assert reported.returncode == 0, reported.stderr[-4000:]
+    page = (run_dir / "report.html").read_text()
+    assert "does not report what the sites" in page
+    assert not any(password in page for password in USERS.values())
+
+
+def test_a_site_without_docker_and_an_air_gapped_one_are_named_before_any_project(
+    hosts, world, home: Path, tmp_path: Path
+) -> None:
+    network, (a, _, _, d, e, *docker_without_engine) = hosts
+    standin, port = world
+    install_standins(a)
+    install_standins(d, docker=False)
+    install_standins(e)
+    before = len(standin.projects)
+    sites = []
+    cases = [
+        ("site-a", "carla", a, a.hub_address),
+        ("site-d", "dora", d, d.hub_address),
+        ("site-e", "eve", e, a.hub_address),  # no route from e to a's link: no internet
+    ]
+    for f in docker_without_engine:  # the real docker CLI, and no engine behind it
+        install_standins(f, docker=False)
+        cases.append(("site-f", "fay", f, f.hub_address))
+    for name, user, host, website in cases:
+        env = private(tmp_path / f"{name}.env", env_text(user, f"http://{website}:{port}"))
+        sites.append(
+            {**ssh_site(name, host), "inputs": [str(DATA / "site-a")], "env_file": str(env)}
+        )
+    config = write_config(
+        tmp_path,
+        sites,
+        head=f'platform = "featurecloud"\ntimeout = 60\noutput_dir = "{tmp_path}/runs"\n',
+    )
+    result = fedsim_in_hub(network, home, "run", str(config))
+    assert result.returncode == 10, result.stderr[-4000:]
+    message = " ".join(result.stderr.split())
+    assert "not ready for featurecloud.ai (no project was made)" in message
+    assert f"site site-d (ssh://{d.user}@{d.address}:{d.port})" in message
+    assert "no Docker here (no `docker` on the PATH)" in message
+    assert f"site site-e (ssh://{e.user}@{e.address}:{e.port})" in message
+    assert "cannot reach featurecloud.ai" in message and "needs the internet" in message
+    if docker_without_engine:
+        assert f"site site-f (ssh://root@{docker_without_engine[0].address}:22)" in message
+        assert f"Docker is installed ({DOCKER}) but its engine does not answer" in message
+    assert "site site-a (" not in message
+    assert len(standin.projects) == before  # nothing was made on the website
+    assert not list((a.home / ".featurecloud-standin").glob("*.pid"))  # a's controller stopped
