@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import zipfile
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -32,7 +33,14 @@ from fedsim.featurecloud.credentials import CONTROLLER_URL, PASSWORD, USERNAME, 
 from fedsim.featurecloud.http import Pacing
 from fedsim.featurecloud.roles import Waits
 from fedsim.featurecloud.website import Website
-from tests.fc_standin import StandInWorld, controller_app, serve, website_app
+from tests.fc_standin import (
+    STANDIN_BIN,
+    StandInWorld,
+    controller_app,
+    kill_standin_controllers,
+    serve,
+    website_app,
+)
 
 USERS = {"carla": "pw-carla-1", "ana": "pw-ana-2", "ben": "pw-ben-3"}
 COORDINATOR, PARTICIPANTS = "carla", ("ana", "ben")
@@ -311,3 +319,43 @@ def test_credentials_come_from_a_private_env_file_only(
     bare.chmod(0o600)
     with pytest.raises(ConfigError, match=rf"^{bare}: {PASSWORD}: missing"):
         Credentials.load(bare)
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_fc_controller_start_names_what_the_machine_lacks_then_starts_and_stops_it(
+    standins: StandIns, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home, only_docker = tmp_path / "home", tmp_path / "only-docker"
+    home.mkdir()
+    only_docker.mkdir()
+    (only_docker / "docker").symlink_to(STANDIN_BIN / "docker")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("PATH", f"{only_docker}{os.pathsep}/usr/bin:/bin")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = tmp_path / "ana.env"
+    env.write_text(
+        f"{USERNAME}=ana\n{PASSWORD}={USERS['ana']}\n{WEBSITE_URL}={standins.website}\n"
+        f"{CONTROLLER_URL}=http://127.0.0.1:{port}\n"
+    )
+    env.chmod(0o600)
+    data = tmp_path / "data"
+    code, _ = fc("controller", "start", "--data-dir", data, user_env=env)
+    assert code == ExitCode.PLATFORM
+    assert "no `featurecloud` CLI here (not on the PATH nor in ~/.local/bin)" in fc.stderr
+    assert standins.world.calls("POST", "/api/auth/login/") == 0  # checked before any call
+    (home / ".local" / "bin").mkdir(parents=True)  # where pip install --user puts it
+    (home / ".local" / "bin" / "featurecloud").symlink_to(STANDIN_BIN / "featurecloud")
+    try:
+        assert fc("controller", "start", "--data-dir", data, user_env=env) == (0, "started\n")
+        site_info = json.loads((data / "site_info.json").read_text())
+        assert site_info["siteName"] == "ana"
+        assert (data / "site_info.json").stat().st_mode & 0o777 == 0o600
+        assert fc("controller", "start", "--data-dir", data, user_env=env) == (0, "running\n")
+        assert fc("controller", "stop", user_env=env) == (0, "stopped\n")
+    finally:
+        kill_standin_controllers(home)
+    code, _ = fc("controller", "start", "--data-dir", data, user_env=env)
+    assert code == 0  # started again: the first was stopped
+    assert fc("controller", "stop", user_env=env) == (0, "stopped\n")

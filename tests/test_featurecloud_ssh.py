@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -87,6 +89,16 @@ def private(path: Path, text: str) -> Path:
     return path
 
 
+def run_featurecloud(
+    network: SshNetwork, home: Path, tmp_path: Path, sites: list[dict[str, Any]]
+) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """``fedsim run`` from the hub of a featurecloud config of these sites (the first
+    coordinates); the config and how the run ended."""
+    head = f'platform = "featurecloud"\ntimeout = 120\noutput_dir = "{tmp_path}/runs"\n'
+    config = write_config(tmp_path, sites, head=head)
+    return config, fedsim_in_hub(network, home, "run", str(config))
+
+
 def test_the_whole_order_on_three_ssh_sites_each_with_its_own_login(
     hosts, world, home: Path, tmp_path: Path
 ) -> None:
@@ -104,12 +116,7 @@ def test_the_whole_order_on_three_ssh_sites_each_with_its_own_login(
         else:  # the config's, sent to that site only
             site["env_file"] = str(private(tmp_path / f"{name}.env", env_text(user, website)))
         sites.append(site)
-    config = write_config(
-        tmp_path,
-        sites,
-        head=f'platform = "featurecloud"\ntimeout = 120\noutput_dir = "{tmp_path}/runs"\n',
-    )
-    result = fedsim_in_hub(network, home, "run", str(config))
+    config, result = run_featurecloud(network, home, tmp_path, sites)
     assert result.returncode == 0, result.stderr[-4000:]
     run_dir = run_dir_of(result)
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -173,12 +180,7 @@ def test_a_site_without_docker_and_an_air_gapped_one_are_named_before_any_projec
         sites.append(
             {**ssh_site(name, host), "inputs": [str(DATA / "site-a")], "env_file": str(env)}
         )
-    config = write_config(
-        tmp_path,
-        sites,
-        head=f'platform = "featurecloud"\ntimeout = 60\noutput_dir = "{tmp_path}/runs"\n',
-    )
-    result = fedsim_in_hub(network, home, "run", str(config))
+    _, result = run_featurecloud(network, home, tmp_path, sites)
     assert result.returncode == 10, result.stderr[-4000:]
     message = " ".join(result.stderr.split())
     assert "not ready for featurecloud.ai (no project was made)" in message

@@ -10,6 +10,10 @@ call. Layers, each in its own module:
     website      login, token refresh, app store, projects, tokens
     controller   the participant's own controller: ping, upload, finalise, runs, downloads
     roles        Coordinator and Participant: each has only the operations its role may do
+    site_setup   at a site: Docker, the featurecloud CLI and the website checked, the
+                 site's FeatureCloud controller started (``fedsim fc controller``)
+    client_sites where each participant's ``fedsim fc`` runs: this machine, or its SSH host
+    platform     ``platform = "featurecloud"``: the whole order across a config's sites
 """
 
 from fedsim.featurecloud.credentials import Credentials

@@ -67,15 +67,20 @@ def _tail(text: str) -> str:
     return " | ".join(text.strip().splitlines()[-3:]) or "(no message)"
 
 
+def _require(program: str, missing: str) -> str:
+    found = find_program(program)
+    if found is None:
+        raise SiteNotReady(missing)
+    return found
+
+
 def check_docker() -> str:
     """The ``docker`` program, once its engine answers."""
-    docker = find_program("docker")
-    if docker is None:
-        raise SiteNotReady(
-            "no Docker here (no `docker` on the PATH): the FeatureCloud controller runs in "
-            "Docker; install Docker Engine (https://docs.docker.com/engine/install/) and let "
-            "this user use it"
-        )
+    docker = _require(
+        "docker",
+        "no Docker here (no `docker` on the PATH): the FeatureCloud controller runs in Docker; "
+        "install Docker Engine (https://docs.docker.com/engine/install/) and let this user use it",
+    )
     answer = _run([docker, "info"], timeout=60)
     if answer.returncode != 0:
         raise SiteNotReady(
@@ -87,13 +92,11 @@ def check_docker() -> str:
 
 
 def check_featurecloud_cli() -> str:
-    cli = find_program("featurecloud")
-    if cli is None:
-        raise SiteNotReady(
-            "no `featurecloud` CLI here (not on the PATH nor in ~/.local/bin): "
-            "pip install --user featurecloud"
-        )
-    return cli
+    return _require(
+        "featurecloud",
+        "no `featurecloud` CLI here (not on the PATH nor in ~/.local/bin): "
+        "pip install --user featurecloud",
+    )
 
 
 def check_website(website: Website) -> None:

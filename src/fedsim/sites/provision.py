@@ -167,12 +167,14 @@ class SiteProvisioning:
 def provision_sites(config: RunConfig) -> list[SiteProvisioning]:
     """Every SSH site of ``config`` made ready to run: the agent and every step's app
     environment installed there (each built here first, when needed), all sites at once.
-    Local sites need nothing. Raises the first site's error, naming the site."""
+    Local sites need nothing. On featurecloud.ai the apps run in FeatureCloud's controller,
+    so only the agent's environment (it holds ``fedsim fc``) is installed. Raises the first
+    site's error, naming the site."""
     sites = [s for s in config.sites if s.ssh is not None]
     if not sites:
         return []
     envs = []
-    for step in config.workflow:
+    for step in config.workflow if config.platform == "embedded" else []:
         python = None if step.python is None else str(find_python(step.python))
         envs.append(ensure_app_env(step.app, python=python, requirements=step.requirements))
     wheelhouses = [agent_wheelhouse(), *dict.fromkeys(app_wheelhouse(e) for e in envs)]
