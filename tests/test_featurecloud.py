@@ -214,12 +214,14 @@ def test_429_is_backed_off_then_a_clear_stop(standins: StandIns) -> None:
 
 
 def test_requests_of_one_user_keep_to_the_rate_limit(standins: StandIns) -> None:
-    website = Website(standins.credentials("ben"), Pacing(min_interval=0.05))
+    website = Website(standins.credentials("ben"), Pacing(min_interval=0.2))
     standins.clients.append(website)
     for _ in range(4):
         website.library()
     stamps = [t for t, *_ in standins.world.log]
-    assert min(b - a for a, b in pairwise(stamps)) >= 0.045
+    # as the server sees them: a loaded machine delays one request more than the next by a
+    # few ms (0.039 s was seen for 0.05 s); unpaced, they come within a few ms of each other
+    assert min(b - a for a, b in pairwise(stamps)) >= 0.15
 
 
 def test_a_project_that_never_finishes_hits_the_timeout_and_is_stopped(
