@@ -22,6 +22,8 @@ logs and results it downloaded) is recorded per site under ``controller``.
 from __future__ import annotations
 
 import json
+import logging
+import re
 import shutil
 import tempfile
 import time
@@ -100,8 +102,9 @@ class FeatureCloudRun:
         site_dir.mkdir(parents=True, exist_ok=True)
         with (site_dir / "site.log").open("a", encoding="utf-8") as site_log:
             for line in answer.stderr.splitlines():
-                site_log.write(f"{iso(time.time())} fc     {line}\n")
-                log.info("%s", line, extra={"site": site.name, "component": "fc"})
+                level, message = _console_line(line)
+                site_log.write(f"{iso(time.time())} fc     {message}\n")  # as run.py's lines
+                log.log(level, "%s", message, extra={"site": site.name, "component": "fc"})
         if answer.code != 0:
             self._set_status(site.name, "failed")
         return answer
@@ -293,6 +296,19 @@ class FeatureCloudRun:
                 "project_id": self.project_id,
             },
         }
+
+
+CONSOLE_LINE = re.compile(r"^\[[\d:]+\] (DEBUG|INFO|WARNING|ERROR|CRITICAL) +[^:]*: (.*)$")
+"""A record as the site's ``fedsim fc`` printed it (``logs.configure_console``, piped)."""
+
+
+def _console_line(line: str) -> tuple[int, str]:
+    """The level and message of a line the site's command printed; other lines (its error,
+    a traceback) as they are, at INFO."""
+    match = CONSOLE_LINE.match(line)
+    if match is None:
+        return logging.INFO, line
+    return logging.getLevelName(match[1]), match[2]
 
 
 def _last_line(answer: Answer) -> str:
