@@ -1,13 +1,14 @@
 """Sites on a Dask cluster, for real: a ``dask scheduler`` and ``dask worker`` processes
-started by the test (on loopback: the workers share this machine's network; each site still
-gets its own network namespace from the site host), fedsim run against them as a user would.
+started by the test, each worker in a network namespace of the test's own that reaches the
+hub (scheduler, relay, fedsim) and nothing else, fedsim run from the hub as a user would
+(the relay listening on the hub's address for the workers). The workers share this machine's
+files (fedsim and the app's environment at the same paths).
 The mean example across workers gives the pooled means; a killed worker fails its site and
 the run within seconds, naming both; no site's data moves between workers."""
 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -20,9 +21,9 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from distributed import Client
 
 from tests.conftest import BEHAVE_APP, MEAN_APP, ROOT, fedsim, run_dir_of, write_config
+from tests.sshd_hosts import SshNetwork, ssh_network
 
 EXAMPLE = ROOT / "examples" / "mean"
 TOLERANCE = 1e-12  # relative: sums of a few hundred floats in another order
@@ -35,51 +36,77 @@ class Cluster:
     address: str
     workers: dict[str, subprocess.Popen[bytes]]
     """Worker address -> its process."""
+    network: SshNetwork
+    relay_address: str
+    """On the hub, where every worker's namespace is routed (and nowhere else)."""
 
+    def fedsim(self, *args: str) -> list[str]:
+        """fedsim's argv, run from the hub: the only network that reaches the cluster."""
+        return self.network.in_hub([sys.executable, "-m", "fedsim", *args])
 
-def _start_worker(address: str, folder: Path, index: int) -> subprocess.Popen[bytes]:
-    options = ["--host", "127.0.0.1", "--no-nanny", "--nthreads", "1", "--no-dashboard"]
-    with (folder / f"worker-{index}.log").open("wb") as log:  # the child keeps its own copy
-        return subprocess.Popen(
-            [*DASK, "worker", address, *options, "--local-directory", str(folder / f"w{index}")],
-            stdout=log,
-            stderr=subprocess.STDOUT,
+    def ask(self, code: str) -> Any:
+        """What ``code`` (a function of a connected ``client``, as text) returns, as JSON,
+        asked from the hub."""
+        program = (
+            "import json, sys\nfrom distributed import Client\n"
+            f"with Client({self.address!r}, timeout='20s') as client:\n"
+            f"    json.dump(({code})(client), sys.stdout)\n"
         )
+        argv = self.network.in_hub([sys.executable, "-c", program])
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads(done.stdout)
+
+
+def _start(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:  # the child keeps its own copy
+        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
 
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    """A scheduler and three workers of the test's own, stopped afterwards."""
-    scheduler_file = tmp_path / "scheduler.json"
-    options = ["--host", "127.0.0.1", "--port", "0", "--no-dashboard"]
-    with (tmp_path / "scheduler.log").open("wb") as log:
-        scheduler = subprocess.Popen(
-            [*DASK, "scheduler", *options, "--scheduler-file", str(scheduler_file)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
+    """A scheduler on the hub and three workers, each in a network namespace of its own
+    (``sshd_hosts.SshNetwork``'s plain hosts: routed to the hub only, not to each other),
+    all stopped and the namespaces gone afterwards."""
+    with ssh_network() as network:
+        hosts = network.add_plain_hosts(3)
+        hub = hosts[0].hub_address
+        scheduler_file = tmp_path / "scheduler.json"
+        options = ["--host", hub, "--port", "0", "--no-dashboard"]
+        scheduler = _start(
+            network.in_hub([*DASK, "scheduler", *options, "--scheduler-file", str(scheduler_file)]),
+            tmp_path / "scheduler.log",
         )
-    processes: list[subprocess.Popen[bytes]] = [scheduler]
-    try:
-        deadline = time.monotonic() + 30
-        while not scheduler_file.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        address = json.loads(scheduler_file.read_text())["address"]
-        started = [_start_worker(address, tmp_path, i) for i in range(3)]
-        processes += started
-        with Client(address, timeout="20s") as client:
-            client.wait_for_workers(3, timeout=60)
-            by_pid = client.run(os.getpid)
-        workers = {addr: next(p for p in started if p.pid == pid) for addr, pid in by_pid.items()}
-        yield Cluster(address, workers)
-    finally:
-        for process in reversed(processes):
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+        processes = [scheduler]
+        try:
+            deadline = time.monotonic() + 30
+            while not scheduler_file.exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            address = json.loads(scheduler_file.read_text())["address"]
+            workers = {}
+            for i, host in enumerate(hosts):
+                options = ["--host", host.address, "--no-nanny", "--nthreads", "1"]
+                options += ["--no-dashboard", "--local-directory", str(tmp_path / f"w{i}")]
+                argv = host.run_in([*DASK, "worker", address, *options])
+                process = _start(argv, tmp_path / f"worker-{i}.log")
+                processes.append(process)
+                workers[host.address] = process
+            cluster = Cluster(address, {}, network, f"{hub}:8443")
+            addresses = cluster.ask(
+                "lambda c: c.wait_for_workers(3, timeout=60) or list(c.nthreads())"
+            )
+            for worker in addresses:
+                cluster.workers[worker] = workers[worker.split("//")[1].rsplit(":", 1)[0]]
+            yield cluster
+        finally:
+            for process in reversed(processes):
+                if process.poll() is None:
+                    process.terminate()
+                    try:
+                        process.wait(timeout=10)
+                    except subprocess.TimeoutExpired:
+                        process.kill()
+                        process.wait()
 
 
 def dask_config(
@@ -104,8 +131,11 @@ def assert_pooled_means(run_dir: Path) -> None:
 
 def test_mean_across_workers_gives_the_pooled_means(tmp_path: Path, cluster: Cluster) -> None:
     sites = [{"name": name, "inputs": [str(path)]} for name, path in DATA.items()]
-    config = dask_config(tmp_path, MEAN_APP, {"scheduler": cluster.address}, sites)
-    result = fedsim("run", str(config), timeout=240)
+    dask = {"scheduler": cluster.address, "relay_address": cluster.relay_address}
+    config = dask_config(tmp_path, MEAN_APP, dask, sites)
+    result = subprocess.run(
+        cluster.fedsim("run", str(config)), capture_output=True, text=True, timeout=240
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = run_dir_of(result)
     assert_pooled_means(run_dir)
@@ -116,18 +146,37 @@ def test_mean_across_workers_gives_the_pooled_means(tmp_path: Path, cluster: Clu
     held = [p["worker"] for p in placements.values()]
     assert sorted(held) == sorted(cluster.workers), "one site per worker, each recorded"
     assert all(p["sandboxed"] for p in placements.values())
+    # the workers share this machine's clock: what is measured is the round trip's error
+    assert all(abs(p["clock_offset_s"]) < 1 for p in placements.values()), placements
+
+    # placement is Dask's: every worker was given one site's worth of the resource
+    resources = cluster.ask(
+        "lambda c: c.run_on_scheduler("
+        "lambda dask_scheduler: {a: w.resources for a, w in dask_scheduler.workers.items()})"
+    )
+    assert resources == {w: {"fedsim_site": 1} for w in cluster.workers}
+
+    # the scheduler's whole graph for the run was one task per site, none depending on
+    # another (a dependency would be a key of its own in the transition log)
+    keys = cluster.ask(
+        "lambda c: c.run_on_scheduler("
+        "lambda dask_scheduler: sorted({str(t[0]) for t in dask_scheduler.transition_log}))"
+    )
+    run_id = run_dir.name
+    assert keys == sorted(f"fedsim-{run_id}-{site}-site" for site in DATA), keys
 
     # only control messages and each site's own files went through the scheduler, between
     # it and that site's worker: no worker fetched anything from another; the one thing a
     # worker handed out is its site task's result (why it ended), to fedsim's client
-    with Client(cluster.address, timeout="20s") as client:
-        transfers = client.run(
-            lambda dask_worker: {
-                "in": len(dask_worker.transfer_incoming_log),
-                "out": [(t["who"], list(t["keys"])) for t in dask_worker.transfer_outgoing_log],
-            }
-        )
-        left = client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.tasks))
+    transfers = cluster.ask(
+        "lambda c: c.run(lambda dask_worker: {"
+        "'in': len(dask_worker.transfer_incoming_log),"
+        "'out': [(t['who'], list(t['keys'])) for t in dask_worker.transfer_outgoing_log]})"
+    )
+    left = cluster.ask(
+        "lambda c: c.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.tasks))"
+    )
+    assert sorted(transfers) == sorted(cluster.workers)
     for worker, seen in transfers.items():
         assert seen["in"] == 0, worker
         for who, keys in seen["out"]:
@@ -146,9 +195,10 @@ def test_a_killed_worker_fails_its_site_and_the_run_naming_both(
         data.mkdir(parents=True)
         (data / "config.yml").write_text("behave:\n  hang: true\n")
         sites.append({"name": name, "inputs": [str(data)]})
-    config = dask_config(tmp_path, BEHAVE_APP, {"scheduler": cluster.address}, sites)
+    dask = {"scheduler": cluster.address, "relay_address": cluster.relay_address}
+    config = dask_config(tmp_path, BEHAVE_APP, dask, sites)
     process = subprocess.Popen(
-        [sys.executable, "-m", "fedsim", "run", str(config)],
+        cluster.fedsim("run", str(config)),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -1,9 +1,12 @@
 """The Dask placement: sites on the workers of a Dask cluster, separated as local ones.
 
 The family connects one ``distributed.Client`` per run (to a running scheduler, or to a
-cluster it starts from the config's deployment class) and gives each site a worker, at most
-``sites_per_worker`` sites per worker. Each site is one long-running task pinned to its
-worker (``dask_task.py``), which holds the site with the same site host an SSH site runs
+cluster it starts from the config's deployment class). Where a site goes is the scheduler's
+choice, bounded by Dask's worker resources: every worker declares ``SITE_RESOURCE`` =
+``sites_per_worker`` and each site's task asks for one, so no worker ever holds more than
+that many sites, whatever its threads. Each site is one long-running task on the worker the
+scheduler gave it (``dask_task.py``), which tells its address back and holds the site with
+the same site host an SSH site runs
 (``remote_host.py``: network of its own, sandboxes, uids, seccomp, limits) in the worker's
 own process tree. This side drives it as ``ssh.py`` drives its host, with the same requests,
 through two ``distributed.Queue``s per site instead of an SSH channel; the site's own files
@@ -59,6 +62,8 @@ PING_INTERVAL = 2.0
 """The worker-side task ends its site after ``dask_task.ORCHESTRATOR_TIMEOUT`` without one."""
 WORKERS_TIMEOUT = 60.0
 """How long a run waits for the cluster to have the workers its sites need."""
+SITE_RESOURCE = "fedsim_site"
+"""The Dask worker resource a site's task takes one of (``sites_per_worker`` per worker)."""
 
 
 def _import_distributed() -> Any:
@@ -116,7 +121,7 @@ class DaskFamily:
             self.address = address
             _warn_if_secrets_in_clear(address)
             self.client: Client = distributed.Client(address, timeout="20s", set_as_default=False)
-            self.workers = self._assign_workers()
+            self._declare_resources()
         except BaseException:
             self.close()
             raise
@@ -130,9 +135,10 @@ class DaskFamily:
         """The relay's TLS listener listens where the workers can reach it."""
         return self.settings.relay_bind
 
-    def _assign_workers(self) -> dict[str, str]:
-        """Site -> worker address: sites dealt in turn over as many workers as they need,
-        at most ``sites_per_worker`` on one."""
+    def _declare_resources(self) -> None:
+        """Waits for as many workers as the sites need, then gives each worker of the cluster
+        ``sites_per_worker`` units of ``SITE_RESOURCE`` (set at the worker, which tells the
+        scheduler): the scheduler then never puts more sites on one worker."""
         per_worker = self.settings.sites_per_worker
         needed = math.ceil(len(self._sites) / per_worker)
         try:
@@ -145,13 +151,15 @@ class DaskFamily:
                 f"{len(self._sites)} dask sites with sites_per_worker = {per_worker} need "
                 f"{needed} workers; the cluster has {have} after {WORKERS_TIMEOUT:g} s",
             ) from exc
-        workers = sorted(self.client.nthreads())[:needed]
-        return {site.name: workers[i % needed] for i, site in enumerate(self._sites)}
+
+        async def declare(dask_worker: Any) -> None:
+            await dask_worker.set_resources(**{SITE_RESOURCE: per_worker})
+
+        self.client.run(declare)
 
     def placement(self, site: SiteConfig) -> DaskPlacement:
         placement = DaskPlacement(
             site.name,
-            self.workers[site.name],
             family=self,
             limits=self._config.limits_of(site),
             run_id=self._run_id,
@@ -201,7 +209,6 @@ class DaskPlacement:
     def __init__(
         self,
         name: str,
-        worker: str,
         *,
         family: DaskFamily,
         limits: Limits,
@@ -209,7 +216,8 @@ class DaskPlacement:
         staging: Path,
     ) -> None:
         self.name = name
-        self.worker = worker
+        self.worker: str | None = None
+        """The worker's address, once its task has started there (the scheduler chooses)."""
         self._family = family
         self._limits = limits
         self._run_id = run_id
@@ -227,14 +235,29 @@ class DaskPlacement:
         self._running: RemoteRunningSite | None = None
         self._apps: dict[AppBundle, str] = {}
         self.sandboxed = True
+        self.clock_offset = 0.0
 
     # --- Placement -------------------------------------------------------------------------
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": "dask", "worker": self.worker, "sandboxed": self.sandboxed}
+        return {
+            "kind": "dask",
+            "worker": self.worker,
+            "sandboxed": self.sandboxed,
+            "clock_offset_s": round(self.clock_offset, 4),
+        }
+
+    @property
+    def where(self) -> str:
+        """The site's worker in words, for errors (before its task started: the cluster)."""
+        if self.worker is None:
+            return f"a worker of {self._family.address}"
+        return f"dask worker {self.worker}"
 
     def open(self) -> None:
-        """The site's task on its worker, its queues, and the site's folder and network."""
+        """The site's task, placed by the scheduler on a worker with a ``SITE_RESOURCE``
+        free, its queues, and the site's folder and network; the worker's address and clock
+        come back in the answer (the offset as for SSH sites: lines are stamped there)."""
         distributed = _import_distributed()
         from fedsim.sites.dask_task import run_site
 
@@ -248,19 +271,27 @@ class DaskPlacement:
             self._events,
             key=f"{prefix}-site",
             pure=False,
-            workers=[self.worker],
-            allow_other_workers=False,
+            resources={SITE_RESOURCE: 1},
             retries=0,
         )
         self._reader = threading.Thread(target=self._read, name=f"dask-{self.name}", daemon=True)
         self._reader.start()
+        before = time.time()
         answer = self._request(
             "open", site=self.name, run_id=self._run_id, limits=asdict(self._limits)
         )
+        after = time.time()
+        self.worker = str(answer["worker"])
+        self.clock_offset = float(answer["time"]) - (before + after) / 2
         self.sandboxed = bool(answer.get("sandboxed", False))
         if not self.sandboxed:
             log.warning("%s (%s)", unsandboxed_warning(self.name), self.worker)
-        log.info("site %s: on dask worker %s", self.name, self.worker)
+        log.info(
+            "site %s: on dask worker %s, clock offset %+.3f s",
+            self.name,
+            self.worker,
+            self.clock_offset,
+        )
 
     def prepare(self, app: AppBundle) -> None:
         """The app's folder travels with the request; its environment must be at the same
@@ -328,7 +359,7 @@ class DaskPlacement:
 
     def _request(self, op: str, timeout: float = REQUEST_TIMEOUT, **fields: Any) -> dict[str, Any]:
         if self._lost is not None:
-            raise SiteUnreachable(self.name, self.worker, self._lost)
+            raise SiteUnreachable(self.name, self.where, self._lost)
         ident = next(self._ids)
         future: Future[dict[str, Any]] = Future()
         with self._lock:
@@ -338,14 +369,13 @@ class DaskPlacement:
             answer = future.result(timeout)
         except TimeoutError as exc:
             raise SiteUnreachable(
-                self.name, self.worker, f"no answer to {op} in {timeout:g} s"
+                self.name, self.where, f"no answer to {op} in {timeout:g} s"
             ) from exc
         finally:
             with self._lock:
                 self._pending.pop(ident, None)
         if "error" in answer:
-            where = f"site {self.name} (dask worker {self.worker})"
-            raise SiteFailed(f"{where}: {op}: {answer['error']}")
+            raise SiteFailed(f"site {self.name} ({self.where}): {op}: {answer['error']}")
         return answer
 
     def _read(self) -> None:
@@ -366,8 +396,9 @@ class DaskPlacement:
             return self._pending.get(ident)
 
     def _line(self, line: str, stamp: float | None) -> None:
+        at = None if stamp is None else stamp - self.clock_offset
         if self._sink is not None:
-            self._sink(line, stamp)
+            self._sink(line, at)
         else:
             log.info("site %s: %s", self.name, line.split(FIELD_SEPARATOR)[-1])
 
@@ -375,7 +406,7 @@ class DaskPlacement:
         """From the family's watcher: is the worker still there, the task still running?"""
         if self._task is None or self._lost is not None or self._closing:
             return
-        if self.worker not in alive:
+        if self.worker is not None and self.worker not in alive:
             self.lose(f"dask worker {self.worker} left the cluster (it died or was stopped)")
         elif self._task.done():
             with contextlib.suppress(Exception):
@@ -396,7 +427,7 @@ class DaskPlacement:
             pending = list(self._pending.values())
         for future in pending:
             if not future.done():
-                future.set_exception(SiteUnreachable(self.name, self.worker, reason))
+                future.set_exception(SiteUnreachable(self.name, self.where, reason))
 
     def stop_running(self) -> None:
         if self._lost is None:

@@ -70,7 +70,9 @@ class _Outbox:
 class SiteTask:
     """Between the queues and the site host (see the module docstring)."""
 
-    def __init__(self, events: Any) -> None:
+    def __init__(self, events: Any, worker: str) -> None:
+        self.worker = worker
+        """This worker's address: the scheduler chose it, the orchestrator learns it here."""
         self.outbox = _Outbox(events)
         self.folder = Path(tempfile.mkdtemp(prefix="fedsim-dask-"))  # short: socket paths
         self._host = subprocess.Popen(
@@ -109,6 +111,7 @@ class SiteTask:
         op = request["op"]
         if op == "open":
             request["dir"] = str(self.folder / "site")
+            self._after[request["id"]] = lambda reply: reply.update(worker=self.worker)
         elif op == "prepare":
             self._apps += 1
             app_dir = self.folder / "apps" / str(self._apps)
@@ -178,10 +181,11 @@ def run_site(requests: Any, events: Any) -> str:
     """The task: serves one site until the orchestrator says ``close`` or falls silent.
     Seceded from the worker's thread pool, so a worker holds as many sites as it is given
     (``sites_per_worker``) whatever its number of threads. Returns why it ended."""
-    from distributed import secede
+    from distributed import get_worker, secede
 
+    worker = get_worker().address
     secede()
-    task = SiteTask(events)
+    task = SiteTask(events, worker)
     ended = "closed"
     try:
         while True:
