@@ -21,6 +21,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -57,7 +58,7 @@ def write_run(folder: Path, n: int) -> Path:
     return path
 
 
-def _tree(root: int) -> list[int]:
+def process_tree(root: int) -> list[int]:
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -76,7 +77,7 @@ def _tree(root: int) -> list[int]:
     return found
 
 
-def _memory(pids: list[int]) -> tuple[int, int]:
+def tree_memory(pids: list[int]) -> tuple[int, int]:
     """(RSS, PSS) in bytes, summed over ``pids``, from smaps_rollup."""
     rss = pss = 0
     for pid in pids:
@@ -92,8 +93,9 @@ def _memory(pids: list[int]) -> tuple[int, int]:
     return rss, pss
 
 
-def measure(argv: list[str]) -> dict[str, float]:
-    """Wall seconds and peak tree memory of one command."""
+def measure(argv: list[str], also: Sequence[int] = ()) -> dict[str, float]:
+    """Wall seconds and peak tree memory of one command, with the trees of the processes
+    ``also`` (where its sites live when they are not its children: a cluster's workers)."""
     start = time.monotonic()
     process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     peak = [0, 0]
@@ -101,7 +103,7 @@ def measure(argv: list[str]) -> dict[str, float]:
 
     def sample() -> None:
         while not done.is_set():
-            rss, pss = _memory(_tree(process.pid))
+            rss, pss = tree_memory([p for root in (process.pid, *also) for p in process_tree(root)])
             peak[0], peak[1] = max(peak[0], rss), max(peak[1], pss)
             done.wait(0.5)
 

@@ -2,111 +2,47 @@
 started by the test, each worker in a network namespace of the test's own that reaches the
 hub (scheduler, relay, fedsim) and nothing else, fedsim run from the hub as a user would
 (the relay listening on the hub's address for the workers). The workers share this machine's
-files (fedsim and the app's environment at the same paths).
+files (fedsim and the app's environment at the same paths): ``dask_cluster.py``.
 The mean example across workers gives the pooled means; a killed worker fails its site and
 the run within seconds, naming both; no site's data moves between workers."""
 
 from __future__ import annotations
 
 import json
+import secrets as secrets_module
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
 
+from fedsim.appenv import COMPLETE_MARKER, cache_root
+from fedsim.sites.wheelhouse import app_wheelhouse
 from tests.conftest import BEHAVE_APP, MEAN_APP, ROOT, fedsim, run_dir_of, write_config
-from tests.sshd_hosts import SshNetwork, ssh_network
+from tests.dask_cluster import Cluster, dask_cluster
 
 EXAMPLE = ROOT / "examples" / "mean"
 TOLERANCE = 1e-12  # relative: sums of a few hundred floats in another order
 DATA = {name: EXAMPLE / "data" / name for name in ("site-a", "site-b", "site-c")}
-DASK = [sys.executable, "-m", "dask"]
 
 
-@dataclass
-class Cluster:
-    address: str
-    workers: dict[str, subprocess.Popen[bytes]]
-    """Worker address -> its process."""
-    network: SshNetwork
-    relay_address: str
-    """On the hub, where every worker's namespace is routed (and nowhere else)."""
-
-    def fedsim(self, *args: str) -> list[str]:
-        """fedsim's argv, run from the hub: the only network that reaches the cluster."""
-        return self.network.in_hub([sys.executable, "-m", "fedsim", *args])
-
-    def ask(self, code: str) -> Any:
-        """What ``code`` (a function of a connected ``client``, as text) returns, as JSON,
-        asked from the hub."""
-        program = (
-            "import json, sys\nfrom distributed import Client\n"
-            f"with Client({self.address!r}, timeout='20s') as client:\n"
-            f"    json.dump(({code})(client), sys.stdout)\n"
-        )
-        argv = self.network.in_hub([sys.executable, "-c", program])
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
-        assert done.returncode == 0, done.stderr[-3000:]
-        return json.loads(done.stdout)
-
-
-def _start(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:  # the child keeps its own copy
-        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+@pytest.fixture(scope="module", autouse=True)
+def app_wheels(app_environment: Path) -> None:
+    """The app environment's wheelhouse, which the workers install from, built beforehand:
+    fedsim runs from the hub, which has no network, and building may need pip's index."""
+    app_wheelhouse(app_environment)
 
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    """A scheduler on the hub and three workers, each in a network namespace of its own
-    (``sshd_hosts.SshNetwork``'s plain hosts: routed to the hub only, not to each other),
-    all stopped and the namespaces gone afterwards."""
-    with ssh_network() as network:
-        hosts = network.add_plain_hosts(3)
-        hub = hosts[0].hub_address
-        scheduler_file = tmp_path / "scheduler.json"
-        options = ["--host", hub, "--port", "0", "--no-dashboard"]
-        scheduler = _start(
-            network.in_hub([*DASK, "scheduler", *options, "--scheduler-file", str(scheduler_file)]),
-            tmp_path / "scheduler.log",
-        )
-        processes = [scheduler]
-        try:
-            deadline = time.monotonic() + 30
-            while not scheduler_file.exists() and time.monotonic() < deadline:
-                time.sleep(0.1)
-            address = json.loads(scheduler_file.read_text())["address"]
-            workers = {}
-            for i, host in enumerate(hosts):
-                options = ["--host", host.address, "--no-nanny", "--nthreads", "1"]
-                options += ["--no-dashboard", "--local-directory", str(tmp_path / f"w{i}")]
-                argv = host.run_in([*DASK, "worker", address, *options])
-                process = _start(argv, tmp_path / f"worker-{i}.log")
-                processes.append(process)
-                workers[host.address] = process
-            cluster = Cluster(address, {}, network, f"{hub}:8443")
-            addresses = cluster.ask(
-                "lambda c: c.wait_for_workers(3, timeout=60) or list(c.nthreads())"
-            )
-            for worker in addresses:
-                cluster.workers[worker] = workers[worker.split("//")[1].rsplit(":", 1)[0]]
-            yield cluster
-        finally:
-            for process in reversed(processes):
-                if process.poll() is None:
-                    process.terminate()
-                    try:
-                        process.wait(timeout=10)
-                    except subprocess.TimeoutExpired:
-                        process.kill()
-                        process.wait()
+    """A scheduler on the hub and three workers, each in a namespace of its own."""
+    with dask_cluster(tmp_path, 3) as running:
+        yield running
 
 
 def dask_config(
@@ -115,6 +51,15 @@ def dask_config(
     entries = [{**site, "location": "dask"} for site in sites]
     entries[0]["coordinator"] = True
     return write_config(tmp_path, app, entries, dask=dask)
+
+
+def run_on(cluster: Cluster, tmp_path: Path, app: Path, sites: list[dict[str, Any]]) -> Path:
+    """fedsim run from the hub with these sites on the cluster; its run folder."""
+    config = dask_config(tmp_path, app, cluster.table(), sites)
+    argv = cluster.fedsim("run", str(config))
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=240, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir_of(result)
 
 
 def assert_pooled_means(run_dir: Path) -> None:
@@ -129,15 +74,11 @@ def assert_pooled_means(run_dir: Path) -> None:
         assert (run_dir / "sites" / site / "results.zip").is_file()
 
 
-def test_mean_across_workers_gives_the_pooled_means(tmp_path: Path, cluster: Cluster) -> None:
+def test_mean_across_workers_gives_the_pooled_means(
+    tmp_path: Path, cluster: Cluster, app_environment: Path
+) -> None:
     sites = [{"name": name, "inputs": [str(path)]} for name, path in DATA.items()]
-    dask = {"scheduler": cluster.address, "relay_address": cluster.relay_address}
-    config = dask_config(tmp_path, MEAN_APP, dask, sites)
-    result = subprocess.run(
-        cluster.fedsim("run", str(config)), capture_output=True, text=True, timeout=240
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    run_dir = run_dir_of(result)
+    run_dir = run_on(cluster, tmp_path, MEAN_APP, sites)
     assert_pooled_means(run_dir)
 
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -146,8 +87,15 @@ def test_mean_across_workers_gives_the_pooled_means(tmp_path: Path, cluster: Clu
     held = [p["worker"] for p in placements.values()]
     assert sorted(held) == sorted(cluster.workers), "one site per worker, each recorded"
     assert all(p["sandboxed"] for p in placements.values())
-    # the workers share this machine's clock: what is measured is the round trip's error
-    assert all(abs(p["clock_offset_s"]) < 1 for p in placements.values()), placements
+    # the workers share this machine's clock: the time they answered lies within the round
+    # trip, so no offset is measured (one within half the round trip counts as none)
+    assert all(p["clock_offset_s"] == 0 and p["clock_rtt_s"] > 0 for p in placements.values())
+    # the app ran in an environment each worker made from the shipped wheelhouse, in its
+    # own cache, not in the one this machine built
+    wheels = app_wheelhouse(app_environment)
+    made = cache_root() / "dask-worker" / "envs" / wheels.key
+    assert all(p["app_envs"] == [str(made)] for p in placements.values()), placements
+    assert (made / COMPLETE_MARKER).is_file()
 
     # placement is Dask's: every worker was given one site's worth of the resource
     resources = cluster.ask(
@@ -195,8 +143,7 @@ def test_a_killed_worker_fails_its_site_and_the_run_naming_both(
         data.mkdir(parents=True)
         (data / "config.yml").write_text("behave:\n  hang: true\n")
         sites.append({"name": name, "inputs": [str(data)]})
-    dask = {"scheduler": cluster.address, "relay_address": cluster.relay_address}
-    config = dask_config(tmp_path, BEHAVE_APP, dask, sites)
+    config = dask_config(tmp_path, BEHAVE_APP, cluster.table(), sites)
     process = subprocess.Popen(
         cluster.fedsim("run", str(config)),
         stdout=subprocess.PIPE,
@@ -257,3 +204,40 @@ def test_a_cluster_started_for_the_run_holds_its_sites(tmp_path: Path) -> None:
     summary = json.loads((run_dir / "summary.json").read_text())
     held = [site["placement"]["worker"] for site in summary["sites"].values()]
     assert len(set(held)) == 2 and max(held.count(w) for w in held) == 2
+
+
+def test_secrets_cross_the_scheduler_sealed_to_their_site(tmp_path: Path) -> None:
+    """Every value the scheduler's queues received is recorded: the sites' env files and
+    relay tokens are in none of the requests (only sealed to the site's task), and each
+    site's app still sees its own secret and nobody else's."""
+    secrets = {"site-a": secrets_module.token_hex(16), "site-b": secrets_module.token_hex(16)}
+    sites = []
+    for name in ("site-a", "site-b", "site-c"):
+        data = tmp_path / "data" / name
+        data.mkdir(parents=True)
+        (data / "config.yml").write_text("behave:\n  report_env: FEDSIM_SECRET\n")
+        site: dict[str, Any] = {"name": name, "inputs": [str(data)]}
+        if name in secrets:
+            env_file = tmp_path / f"{name}.env"
+            env_file.write_text(f"FEDSIM_SECRET_{name[-1].upper()}={secrets[name]}\n")
+            env_file.chmod(0o600)
+            site["env_file"] = str(env_file)
+        sites.append(site)
+    record = tmp_path / "queues.jsonl"
+    with dask_cluster(tmp_path, 3, record_queues=record) as cluster:
+        run_dir = run_on(cluster, tmp_path, BEHAVE_APP, sites)
+    for name in ("site-a", "site-b", "site-c"):
+        seen = json.loads((run_dir / "sites" / name / "output" / "env.json").read_text())
+        expected = {f"FEDSIM_SECRET_{name[-1].upper()}": secrets[name]} if name in secrets else {}
+        assert seen == expected, name
+
+    puts = [json.loads(line) for line in record.read_text().splitlines()]
+    requests = [p["data"] for p in puts if p["queue"].endswith("-requests")]
+    spawns = [r for r in requests if "'op': 'spawn'" in r]
+    assert len(spawns) == 3, requests[:3]
+    assert all("'token_sealed': b" in r and "'token':" not in r for r in spawns)
+    for value in secrets.values():
+        assert not any(value in r for r in requests), "a secret crossed the scheduler in clear"
+    # what comes back is the site's output, in clear (the app wrote its secret there itself)
+    back = [p["data"] for p in puts if p["queue"].endswith("-events")]
+    assert any(secrets["site-a"] in b for b in back)

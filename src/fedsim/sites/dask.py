@@ -19,8 +19,10 @@ site has its own token, as for SSH sites.
 
 A worker that leaves the cluster (killed, lost) is noticed by the family's watcher, which
 asks the scheduler for its workers every ``WATCH_INTERVAL``: the sites it held fail, naming
-the worker, within seconds. The app's environment must exist at the same path on the
-workers (a shared filesystem); provisioning it there is not done yet.
+the worker, within seconds. The app's environment is made at each worker from its wheelhouse
+(``wheelhouse.py``, shipped in a request once per worker, installed with the SSH sites'
+script, ``install.py``, and kept in the worker's cache for later runs); fedsim itself must
+be installed where the workers run, as any Dask task's code must be.
 """
 
 from __future__ import annotations
@@ -44,10 +46,13 @@ from fedsim.logs import FIELD_SEPARATOR, get_logger
 from fedsim.safefiles import Skipped, copy_inputs, prune_tree
 from fedsim.sites.bare import unsandboxed_warning
 from fedsim.sites.base import AgentLaunch, AppBundle, LineSink, SiteStep
+from fedsim.sites.install import INSTALL_TIMEOUT
 from fedsim.sites.limits import Limits
 from fedsim.sites.remote_running import RemoteRunningSite, dispatch
+from fedsim.sites.sealed import seal
 from fedsim.sites.ssh import AGENT_SOCKET
 from fedsim.sites.tarball import pack, unpack
+from fedsim.sites.wheelhouse import Wheelhouse, app_wheelhouse
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -84,16 +89,17 @@ def _cluster_class(name: str) -> Any:
         raise ConfigError(f"dask.cluster: {name} cannot be imported: {exc}") from exc
 
 
-def _warn_if_secrets_in_clear(address: str) -> None:
-    """Each site's relay token and env file reach its worker through the scheduler: over plain
-    TCP to another machine, anyone on that path could read them. Said once, plainly."""
+def _warn_if_data_in_clear(address: str) -> None:
+    """Each site's inputs and outputs reach its worker through the scheduler (its token and
+    env file sealed, ``sealed.py``, its data not): over plain TCP to another machine, anyone
+    on that path could read them. Said once, plainly."""
     parts = urlsplit(address)
     host = parts.hostname or ""
     if parts.scheme == "tcp" and host not in ("127.0.0.1", "localhost", "::1"):
         log.warning(
-            "the Dask scheduler %s is reached over plain TCP: each site's relay token and env "
-            "file pass through it unencrypted; use a tls:// scheduler (dask's Security) for "
-            "clusters beyond this machine",
+            "the Dask scheduler %s is reached over plain TCP: each site's inputs and outputs "
+            "pass through it unencrypted (its token and env file are sealed to its task); use "
+            "a tls:// scheduler (dask's Security) for clusters beyond this machine",
             address,
         )
 
@@ -110,6 +116,9 @@ class DaskFamily:
         self._workdir = workdir
         self._run_id = run_id
         distributed = _import_distributed()
+        self._lock = threading.Lock()
+        self._wheels: dict[Path, Wheelhouse] = {}
+        self._provisioning: dict[tuple[str, str], threading.Lock] = {}
         self._cluster: Any = None
         address = self.settings.scheduler
         try:
@@ -119,7 +128,7 @@ class DaskFamily:
                 self._cluster = cls(**self.settings.cluster_options)
                 address = str(self._cluster.scheduler_address)
             self.address = address
-            _warn_if_secrets_in_clear(address)
+            _warn_if_data_in_clear(address)
             self.client: Client = distributed.Client(address, timeout="20s", set_as_default=False)
             self._declare_resources()
         except BaseException:
@@ -129,6 +138,18 @@ class DaskFamily:
         self._stop = threading.Event()
         self._watcher = threading.Thread(target=self._watch, name="dask-watch", daemon=True)
         self._watcher.start()
+
+    def app_wheels(self, env: Path) -> Wheelhouse:
+        """The app environment's wheelhouse, built here once per run and environment."""
+        with self._lock:
+            if env not in self._wheels:
+                self._wheels[env] = app_wheelhouse(env)
+            return self._wheels[env]
+
+    def provisioning(self, worker: str, key: str) -> threading.Lock:
+        """Held while one site makes sure its worker has environment ``key``."""
+        with self._lock:
+            return self._provisioning.setdefault((worker, key), threading.Lock())
 
     @property
     def relay_bind(self) -> tuple[str, int]:
@@ -233,9 +254,13 @@ class DaskPlacement:
         self._closing = False
         self._sink: LineSink | None = None
         self._running: RemoteRunningSite | None = None
-        self._apps: dict[AppBundle, str] = {}
+        self._apps: dict[AppBundle, tuple[str, str]] = {}
+        """App -> its folder and its environment at the worker."""
         self.sandboxed = True
         self.clock_offset = 0.0
+        self.clock_rtt = 0.0
+        self._seal_key = b""
+        """The task's public key: the site's secrets are sealed to it (``sealed.py``)."""
 
     # --- Placement -------------------------------------------------------------------------
 
@@ -245,6 +270,8 @@ class DaskPlacement:
             "worker": self.worker,
             "sandboxed": self.sandboxed,
             "clock_offset_s": round(self.clock_offset, 4),
+            "clock_rtt_s": round(self.clock_rtt, 4),
+            "app_envs": sorted({env for _, env in self._apps.values()}),
         }
 
     @property
@@ -282,22 +309,38 @@ class DaskPlacement:
         )
         after = time.time()
         self.worker = str(answer["worker"])
-        self.clock_offset = float(answer["time"]) - (before + after) / 2
+        self._seal_key = bytes(answer["seal_key"])
+        self.clock_rtt = after - before
+        offset = float(answer["time"]) - (before + after) / 2
+        # the answer waited in queues at the scheduler and the worker, unevenly: an offset
+        # within half the round trip cannot be told from none, and is taken as none
+        self.clock_offset = offset if abs(offset) > self.clock_rtt / 2 else 0.0
         self.sandboxed = bool(answer.get("sandboxed", False))
         if not self.sandboxed:
             log.warning("%s (%s)", unsandboxed_warning(self.name), self.worker)
         log.info(
-            "site %s: on dask worker %s, clock offset %+.3f s",
+            "site %s: on dask worker %s, clock offset %+.3f s (round trip %.3f s)",
             self.name,
             self.worker,
             self.clock_offset,
+            self.clock_rtt,
         )
 
     def prepare(self, app: AppBundle) -> None:
-        """The app's folder travels with the request; its environment must be at the same
-        path on the worker (a shared filesystem)."""
-        answer = self._request("prepare", app=pack(app.app_dir), env=str(app.env))
-        self._apps[app] = str(answer["app_dir"])
+        """The app's environment made at the worker from its wheelhouse, unless the worker
+        has it from an earlier site or run (one site per worker at a time asks, so the wheels
+        travel once); the app's folder travels with the request."""
+        wheels = self._family.app_wheels(app.env)
+        fields = {"key": wheels.key, "python": wheels.python}
+        with self._family.provisioning(self.where, wheels.key):
+            answer = self._request("provision", **fields)
+            if answer["env"] is None:
+                log.info("site %s: installing %s at %s", self.name, wheels.key, self.where)
+                data = pack(wheels.path)
+                answer = self._request("provision", INSTALL_TIMEOUT, wheels=data, **fields)
+        env = str(answer["env"])
+        prepared = self._request("prepare", app=pack(app.app_dir), env=env)
+        self._apps[app] = (str(prepared["app_dir"]), env)
 
     def put_inputs(self, inputs: Sequence[Path], overrides: Sequence[Path] = ()) -> None:
         """Merged here exactly as for a local site, then sent as one folder."""
@@ -316,6 +359,7 @@ class DaskPlacement:
         if self._running is not None:
             self._running.stop()
         self._sink = on_line
+        env = None if step.env_file is None else step.env_file.read_bytes()
         running = RemoteRunningSite(self)
         self._running = running
         self._request(
@@ -323,11 +367,11 @@ class DaskPlacement:
             launch=replace(
                 launch, relay_url=AGENT_SOCKET, relay_ca=step.relay_tls.ca_pem
             ).to_json(),
-            token=step.token,
+            token_sealed=seal(self._seal_key, step.token.encode()),
             relay=[step.relay_tls.host, step.relay_tls.port],
-            env_bytes=None if step.env_file is None else step.env_file.read_bytes(),
-            app_dir=self._apps[step.app],
-            env=str(step.app.env),
+            env_sealed=None if env is None else seal(self._seal_key, env),
+            app_dir=self._apps[step.app][0],
+            env=self._apps[step.app][1],
         )
         return running
 

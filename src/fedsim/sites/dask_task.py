@@ -6,7 +6,9 @@ orchestrator through two ``distributed.Queue``s: requests come in, replies, line
 agent's exit go out (in batches: every put is a trip through the scheduler). Only this
 site's own files travel, inside the requests and replies (``tarball.py``): the app, the
 step's inputs, the env file (written 0600 here), the outputs. Nothing is ever handed to
-another task, so no site's data moves between workers.
+another task, so no site's data moves between workers. The site's secrets (its relay token
+and env file) arrive sealed to a key pair the task made (``sealed.py``): the scheduler
+passes them on without being able to read them.
 
 The relay is reached over TCP with TLS: each step gets a Unix socket in the site's folder
 that the agent's sandbox binds (``relay_proxy.py``). When the orchestrator falls silent (no
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import queue
 import shutil
 import subprocess
@@ -28,8 +31,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fedsim.appenv import COMPLETE_MARKER, cache_root
 from fedsim.logs import FIELD_SEPARATOR
+from fedsim.sites.install import INSTALL_TIMEOUT, install_script
 from fedsim.sites.relay_proxy import RelayProxy
+from fedsim.sites.sealed import SealKey
 from fedsim.sites.tarball import pack, unpack
 
 ORCHESTRATOR_TIMEOUT = 30.0
@@ -74,6 +80,7 @@ class SiteTask:
         self.worker = worker
         """This worker's address: the scheduler chose it, the orchestrator learns it here."""
         self.outbox = _Outbox(events)
+        self._key = SealKey()
         self.folder = Path(tempfile.mkdtemp(prefix="fedsim-dask-"))  # short: socket paths
         self._host = subprocess.Popen(
             [sys.executable, "-m", "fedsim.sites.remote_host"],
@@ -107,11 +114,17 @@ class SiteTask:
 
     def handle(self, request: dict[str, Any]) -> None:
         """Files out of the request into the site's folder, their paths into it, and on
-        to the site host; a reply that brings files back is completed in ``_after``."""
+        to the site host; a reply that brings files back is completed in ``_after``. The
+        worker's environments (``provision``) are this task's own business."""
         op = request["op"]
+        if op == "provision":
+            self.outbox.put({"reply": request["id"], **self._provision(request)})
+            return
         if op == "open":
             request["dir"] = str(self.folder / "site")
-            self._after[request["id"]] = lambda reply: reply.update(worker=self.worker)
+            self._after[request["id"]] = lambda reply: reply.update(
+                worker=self.worker, seal_key=self._key.public
+            )
         elif op == "prepare":
             self._apps += 1
             app_dir = self.folder / "apps" / str(self._apps)
@@ -131,6 +144,35 @@ class SiteTask:
             self._after[request["id"]] = lambda reply: reply.update(output=pack(output))
         self._send(request)
 
+    def _provision(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The environment of wheelhouse ``key`` in this worker's cache, installed from the
+        wheels in the request (sent only when ``wheels`` is there: the orchestrator asks
+        without them first) with the same script as at SSH sites; it stays for later runs."""
+        key, python = str(request["key"]), str(request["python"])
+        workdir = cache_root() / "dask-worker"
+        env = workdir / "envs" / key
+        if (env / COMPLETE_MARKER).is_file():
+            return {"env": str(env), "installed": False}
+        if "wheels" not in request:
+            return {"env": None}
+        wheels = workdir / "wheels" / key
+        if not (wheels / COMPLETE_MARKER).is_file():
+            partial = workdir / "wheels" / f"{key}.partial-{os.getpid()}-{threading.get_ident()}"
+            unpack(request["wheels"], partial)
+            shutil.rmtree(wheels, ignore_errors=True)
+            partial.rename(wheels)
+        done = subprocess.run(
+            ["sh", "-c", install_script(str(workdir), key, python)],
+            capture_output=True,
+            text=True,
+            timeout=INSTALL_TIMEOUT,
+            check=False,
+        )
+        if done.returncode != 0:
+            tail = "\n".join(done.stderr.strip().splitlines()[-15:])
+            return {"error": f"installing {key} at {self.worker} failed: {tail}"}
+        return {"env": str(env), "installed": done.stdout.strip().endswith("installed")}
+
     def _spawn(self, request: dict[str, Any]) -> None:
         self._close_proxy()
         socket_path = self.folder / f"relay-{self._step}.sock"
@@ -138,11 +180,12 @@ class SiteTask:
         self._proxy = RelayProxy(socket_path, host, int(port), self._warn)
         request["relay_socket"] = str(socket_path)
         request["output_dir"] = str(self._output())
-        secret = request.pop("env_bytes", None)
-        if secret is not None:
+        request["token"] = self._key.open(request.pop("token_sealed")).decode()
+        sealed_env = request.pop("env_sealed", None)
+        if sealed_env is not None:
             env_file = self.folder / "site.env"
             env_file.touch(mode=0o600)
-            env_file.write_bytes(secret)
+            env_file.write_bytes(self._key.open(sealed_env))
             request["env_file"] = str(env_file)
 
     def _warn(self, message: str) -> None:
