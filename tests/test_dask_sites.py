@@ -9,6 +9,7 @@ the run within seconds, naming both; no site's data moves between workers."""
 from __future__ import annotations
 
 import json
+import platform
 import secrets as secrets_module
 import signal
 import socket
@@ -21,6 +22,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from fedsim import __version__ as fedsim_version
 from fedsim.appenv import COMPLETE_MARKER, cache_root
 from fedsim.sites.wheelhouse import app_wheelhouse
 from tests.conftest import BEHAVE_APP, MEAN_APP, ROOT, fedsim, run_dir_of, write_config
@@ -133,10 +135,8 @@ def test_mean_across_workers_gives_the_pooled_means(
     assert left == [], "every site's task ended with the run"
 
 
-def test_a_killed_worker_fails_its_site_and_the_run_naming_both(
-    tmp_path: Path, cluster: Cluster
-) -> None:
-    """Sites that hang until stopped; the worker of site-b is killed once it runs."""
+def start_hanging_run(tmp_path: Path, cluster: Cluster) -> subprocess.Popen[str]:
+    """fedsim run from the hub with three sites whose apps hang until stopped."""
     sites = []
     for name in ("site-a", "site-b", "site-c"):
         data = tmp_path / "data" / name
@@ -144,24 +144,34 @@ def test_a_killed_worker_fails_its_site_and_the_run_naming_both(
         (data / "config.yml").write_text("behave:\n  hang: true\n")
         sites.append({"name": name, "inputs": [str(data)]})
     config = dask_config(tmp_path, BEHAVE_APP, cluster.table(), sites)
-    process = subprocess.Popen(
-        cluster.fedsim("run", str(config)),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    argv = cluster.fedsim("run", str(config))
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_until_set_up(
+    tmp_path: Path, process: subprocess.Popen[str], sites: tuple[str, ...]
+) -> dict[str, Any]:
+    """Once the agents of ``sites`` set their apps up: the run's summary then."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.2)
+        for log in (tmp_path / "runs").glob("*/fedsim.log"):
+            lines = log.read_text().splitlines()
+            if all(any(s in line and "set up as" in line for line in lines) for s in sites):
+                summary = json.loads((log.parent / "summary.json").read_text())
+                if all(summary["sites"][s]["placement"] for s in sites):  # written by now
+                    return summary
+    raise AssertionError(process.communicate(timeout=60))
+
+
+def test_a_killed_worker_fails_its_site_and_the_run_naming_both(
+    tmp_path: Path, cluster: Cluster
+) -> None:
+    """Sites that hang until stopped; the worker of site-b is killed once it runs."""
+    process = start_hanging_run(tmp_path, cluster)
     try:
-        runs = tmp_path / "runs"
-        worker = None
-        deadline = time.monotonic() + 120
-        while worker is None and time.monotonic() < deadline and process.poll() is None:
-            time.sleep(0.2)
-            for log in runs.glob("*/fedsim.log"):  # site-b's agent set its app up
-                lines = log.read_text().splitlines()
-                if any("site-b" in line and "set up as" in line for line in lines):
-                    summary = json.loads((log.parent / "summary.json").read_text())
-                    worker = summary["sites"]["site-b"]["placement"]["worker"]
-        assert worker is not None, process.communicate(timeout=60)
+        summary = wait_until_set_up(tmp_path, process, ("site-b",))
+        worker = summary["sites"]["site-b"]["placement"]["worker"]
         cluster.workers[worker].send_signal(signal.SIGKILL)
         killed = time.monotonic()
         out, err = process.communicate(timeout=60)
@@ -181,6 +191,49 @@ def test_a_killed_worker_fails_its_site_and_the_run_naming_both(
     for other in ("site-a", "site-c"):  # the others were stopped and their logs collected
         log = (run_dir / "sites" / other / "site.log").read_text()
         assert "set up as" in log, other
+
+
+def test_an_orchestrator_that_dies_leaves_nothing_on_the_workers(
+    tmp_path: Path, cluster: Cluster
+) -> None:
+    """fedsim killed outright while its sites run: the scheduler lets go of their tasks,
+    which stop their sites and end within seconds; no site host is left at any worker."""
+    process = start_hanging_run(tmp_path, cluster)
+    try:
+        wait_until_set_up(tmp_path, process, ("site-a", "site-b", "site-c"))
+        hosts = [p for w in cluster.workers.values() for p in child_pids(w.pid)]
+        assert len(hosts) == 3, "one site host per site, each under its worker"
+        process.send_signal(signal.SIGKILL)
+        process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    deadline = time.monotonic() + 20
+    tasks = None
+    while time.monotonic() < deadline:
+        tasks = cluster.ask(
+            "lambda c: c.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.tasks))"
+        )
+        left = [p for w in cluster.workers.values() for p in child_pids(w.pid)]
+        if not tasks and not left:
+            break
+        time.sleep(1)
+    assert tasks == [] and left == [], (tasks, left)
+    assert all(w.poll() is None for w in cluster.workers.values()), "the workers stay"
+
+
+def child_pids(pid: int) -> list[int]:
+    """The living children of ``pid`` (a worker's: its sites' hosts)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(entry.name))
+    return found
 
 
 def test_a_cluster_started_for_the_run_holds_its_sites(tmp_path: Path) -> None:
@@ -241,3 +294,33 @@ def test_secrets_cross_the_scheduler_sealed_to_their_site(tmp_path: Path) -> Non
     # what comes back is the site's output, in clear (the app wrote its secret there itself)
     back = [p["data"] for p in puts if p["queue"].endswith("-events")]
     assert any(secrets["site-a"] in b for b in back)
+
+
+def test_doctor_checks_the_cluster_for_dask_sites(tmp_path: Path, cluster: Cluster) -> None:
+    """Ready when the workers can hold the sites; not ready, saying why, when they are too
+    few for ``sites_per_worker``."""
+    sites = [{"name": name, "inputs": [str(path)]} for name, path in DATA.items()]
+
+    def doctor(sites: list[dict[str, Any]]) -> tuple[int, dict[str, dict[str, Any]]]:
+        config = dask_config(tmp_path, MEAN_APP, cluster.table(), sites)
+        argv = cluster.fedsim("doctor", str(config), "--json")
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+        assert result.stdout.strip(), result.stderr[-3000:]
+        return result.returncode, {r["site"]: r for r in json.loads(result.stdout)["sites"]}
+
+    code, rows = doctor(sites)
+    assert code == 0, rows
+    assert set(rows) == set(DATA)
+    for row in rows.values():
+        assert row["ready"] and row["reachable"] and row["sandbox"], row
+        assert row["location"] == f"dask {cluster.address} (3 workers)"
+        assert row["agent"] == fedsim_version and row["python"] == platform.python_version()
+        assert row["disk_free"] > 0 and abs(row["clock_offset"]) < 5
+
+    code, rows = doctor([*sites, {"name": "site-d", "inputs": [str(DATA["site-a"])]}])
+    assert code == 9
+    for row in rows.values():
+        assert not row["ready"]
+        assert row["problems"] == [
+            "4 dask sites with sites_per_worker = 1 need 4 workers; the cluster has 3"
+        ]

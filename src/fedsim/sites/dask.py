@@ -1,16 +1,17 @@
 """The Dask placement: sites on the workers of a Dask cluster, separated as local ones.
 
 The family connects one ``distributed.Client`` per run (to a running scheduler, or to a
-cluster it starts from the config's deployment class). Where a site goes is the scheduler's
-choice, bounded by Dask's worker resources: every worker declares ``SITE_RESOURCE`` =
-``sites_per_worker`` and each site's task asks for one, so no worker ever holds more than
-that many sites, whatever its threads. Each site is one long-running task on the worker the
-scheduler gave it (``dask_task.py``), which tells its address back and holds the site with
-the same site host an SSH site runs
-(``remote_host.py``: network of its own, sandboxes, uids, seccomp, limits) in the worker's
-own process tree. This side drives it as ``ssh.py`` drives its host, with the same requests,
-through two ``distributed.Queue``s per site instead of an SSH channel; the site's own files
-(app, inputs, env file; outputs back) travel inside those messages, nowhere else.
+cluster it starts from the config's deployment class). How many sites a worker holds is a
+Dask worker resource: every worker declares ``SITE_RESOURCE`` = ``sites_per_worker`` and
+each site's task takes one unit, so a worker never runs more than that many sites, whatever
+its threads; the family deals the sites to the workers with units free
+(``DaskFamily._assign_workers`` says why it, not the scheduler, picks). Each site is one
+long-running task on its worker (``dask_task.py``), which holds the site with the same site
+host an SSH site runs (``remote_host.py``: network of its own, sandboxes, uids, seccomp,
+limits) in the worker's own process tree. This side drives it as ``ssh.py`` drives its
+host, with the same requests, through two ``distributed.Queue``s per site instead of an SSH
+channel; the site's own files (app, inputs, env file; outputs back) travel inside those
+messages, nowhere else.
 
 The relay listens with TLS on the ``[dask]`` table's ``relay_address`` (``relay_bind``):
 workers on a cluster have no path back but the network. The worker-side task joins a Unix
@@ -63,8 +64,8 @@ log = get_logger("dask")
 
 REQUEST_TIMEOUT = 120.0
 WATCH_INTERVAL = 0.5
-PING_INTERVAL = 2.0
-"""The worker-side task ends its site after ``dask_task.ORCHESTRATOR_TIMEOUT`` without one."""
+TASK_ANSWER_TIMEOUT = 5.0
+"""How long the watcher waits for an ended task's reason before it says the task's status."""
 WORKERS_TIMEOUT = 60.0
 """How long a run waits for the cluster to have the workers its sites need."""
 SITE_RESOURCE = "fedsim_site"
@@ -119,6 +120,8 @@ class DaskFamily:
         self._lock = threading.Lock()
         self._wheels: dict[Path, Wheelhouse] = {}
         self._provisioning: dict[tuple[str, str], threading.Lock] = {}
+        self.environments: dict[tuple[str, str], str] = {}
+        """(worker, wheelhouse key) -> the environment's path there, once a site asked."""
         self._cluster: Any = None
         address = self.settings.scheduler
         try:
@@ -130,7 +133,7 @@ class DaskFamily:
             self.address = address
             _warn_if_data_in_clear(address)
             self.client: Client = distributed.Client(address, timeout="20s", set_as_default=False)
-            self._declare_resources()
+            self.workers = self._assign_workers()
         except BaseException:
             self.close()
             raise
@@ -156,31 +159,61 @@ class DaskFamily:
         """The relay's TLS listener listens where the workers can reach it."""
         return self.settings.relay_bind
 
-    def _declare_resources(self) -> None:
-        """Waits for as many workers as the sites need, then gives each worker of the cluster
+    def _assign_workers(self) -> dict[str, str]:
+        """Site -> worker. Waits for as many workers as the sites need, gives each worker
         ``sites_per_worker`` units of ``SITE_RESOURCE`` (set at the worker, which tells the
-        scheduler): the scheduler then never puts more sites on one worker."""
+        scheduler; left alone where already so, as a reset would forget the units other
+        runs' sites hold), then deals the sites to the workers with the most units free.
+        The sites are pinned there because Dask's scheduler, placing a task that asks for
+        a resource, checks only that a worker has that much in all, not free
+        (``Scheduler.valid_workers``): a second site sent to a full worker would wait there
+        for the first to end, which a site never does before the run."""
         per_worker = self.settings.sites_per_worker
         needed = math.ceil(len(self._sites) / per_worker)
+        names = ", ".join(s.name for s in self._sites)
         try:
             self.client.wait_for_workers(needed, timeout=WORKERS_TIMEOUT)
         except TimeoutError as exc:
             have = len(self.client.nthreads())
             raise SiteUnreachable(
-                ", ".join(s.name for s in self._sites),
+                names,
                 self.address,
                 f"{len(self._sites)} dask sites with sites_per_worker = {per_worker} need "
                 f"{needed} workers; the cluster has {have} after {WORKERS_TIMEOUT:g} s",
             ) from exc
 
         async def declare(dask_worker: Any) -> None:
-            await dask_worker.set_resources(**{SITE_RESOURCE: per_worker})
+            if dask_worker.state.total_resources.get(SITE_RESOURCE) != per_worker:
+                await dask_worker.set_resources(**{SITE_RESOURCE: per_worker})
+
+        def free(dask_scheduler: Any) -> dict[str, float]:
+            return {
+                address: worker.resources.get(SITE_RESOURCE, 0)
+                - worker.used_resources.get(SITE_RESOURCE, 0)
+                for address, worker in dask_scheduler.workers.items()
+            }
 
         self.client.run(declare)
+        slots = {address: int(n) for address, n in self.client.run_on_scheduler(free).items()}
+        assigned = {}
+        for site in self._sites:
+            worker = max(sorted(slots), key=slots.__getitem__)
+            if slots[worker] <= 0:
+                raise SiteUnreachable(
+                    names,
+                    self.address,
+                    f"{len(self._sites)} dask sites with sites_per_worker = {per_worker}: the "
+                    f"cluster's workers have {len(assigned)} site slots free (other runs' "
+                    "sites hold the rest)",
+                )
+            assigned[site.name] = worker
+            slots[worker] -= 1
+        return assigned
 
     def placement(self, site: SiteConfig) -> DaskPlacement:
         placement = DaskPlacement(
             site.name,
+            self.workers[site.name],
             family=self,
             limits=self._config.limits_of(site),
             run_id=self._run_id,
@@ -190,9 +223,7 @@ class DaskFamily:
         return placement
 
     def _watch(self) -> None:
-        """Every site whose worker is gone, or whose task ended unasked, is lost; and every
-        open site gets a ping, so that its task knows the orchestrator is still here."""
-        last_ping = 0.0
+        """Every site whose worker is gone, or whose task ended unasked, is lost."""
         while not self._stop.wait(WATCH_INTERVAL):
             try:
                 alive = set(self.client.nthreads())
@@ -200,13 +231,8 @@ class DaskFamily:
                 for placement in self._placements:
                     placement.lose(f"the scheduler at {self.address} stopped answering: {exc}")
                 continue
-            ping = time.monotonic() - last_ping >= PING_INTERVAL
             for placement in self._placements:
                 placement.check(alive)
-                if ping:
-                    placement.ping()
-            if ping:
-                last_ping = time.monotonic()
 
     def close(self) -> None:
         stop = getattr(self, "_stop", None)
@@ -230,6 +256,7 @@ class DaskPlacement:
     def __init__(
         self,
         name: str,
+        worker: str,
         *,
         family: DaskFamily,
         limits: Limits,
@@ -237,8 +264,7 @@ class DaskPlacement:
         staging: Path,
     ) -> None:
         self.name = name
-        self.worker: str | None = None
-        """The worker's address, once its task has started there (the scheduler chooses)."""
+        self.worker = worker
         self._family = family
         self._limits = limits
         self._run_id = run_id
@@ -276,15 +302,13 @@ class DaskPlacement:
 
     @property
     def where(self) -> str:
-        """The site's worker in words, for errors (before its task started: the cluster)."""
-        if self.worker is None:
-            return f"a worker of {self._family.address}"
+        """The site's worker in words, for errors."""
         return f"dask worker {self.worker}"
 
     def open(self) -> None:
-        """The site's task, placed by the scheduler on a worker with a ``SITE_RESOURCE``
-        free, its queues, and the site's folder and network; the worker's address and clock
-        come back in the answer (the offset as for SSH sites: lines are stamped there)."""
+        """The site's task on its worker, taking one ``SITE_RESOURCE``, its queues, and the
+        site's folder and network; the worker's clock comes back in the answer (the offset
+        as for SSH sites: lines are stamped there)."""
         distributed = _import_distributed()
         from fedsim.sites.dask_task import run_site
 
@@ -298,6 +322,8 @@ class DaskPlacement:
             self._events,
             key=f"{prefix}-site",
             pure=False,
+            workers=[self.worker],
+            allow_other_workers=False,
             resources={SITE_RESOURCE: 1},
             retries=0,
         )
@@ -308,7 +334,6 @@ class DaskPlacement:
             "open", site=self.name, run_id=self._run_id, limits=asdict(self._limits)
         )
         after = time.time()
-        self.worker = str(answer["worker"])
         self._seal_key = bytes(answer["seal_key"])
         self.clock_rtt = after - before
         offset = float(answer["time"]) - (before + after) / 2
@@ -329,16 +354,20 @@ class DaskPlacement:
     def prepare(self, app: AppBundle) -> None:
         """The app's environment made at the worker from its wheelhouse, unless the worker
         has it from an earlier site or run (one site per worker at a time asks, so the wheels
-        travel once); the app's folder travels with the request."""
+        travel once, and the others on that worker take the answer without asking); the
+        app's folder travels with the request."""
         wheels = self._family.app_wheels(app.env)
         fields = {"key": wheels.key, "python": wheels.python}
+        known = self._family.environments
         with self._family.provisioning(self.where, wheels.key):
-            answer = self._request("provision", **fields)
-            if answer["env"] is None:
-                log.info("site %s: installing %s at %s", self.name, wheels.key, self.where)
-                data = pack(wheels.path)
-                answer = self._request("provision", INSTALL_TIMEOUT, wheels=data, **fields)
-        env = str(answer["env"])
+            if (self.where, wheels.key) not in known:
+                answer = self._request("provision", **fields)
+                if answer["env"] is None:
+                    log.info("site %s: installing %s at %s", self.name, wheels.key, self.where)
+                    data = pack(wheels.path)
+                    answer = self._request("provision", INSTALL_TIMEOUT, wheels=data, **fields)
+                known[self.where, wheels.key] = str(answer["env"])
+            env = known[self.where, wheels.key]
         prepared = self._request("prepare", app=pack(app.app_dir), env=env)
         self._apps[app] = (str(prepared["app_dir"]), env)
 
@@ -450,17 +479,15 @@ class DaskPlacement:
         """From the family's watcher: is the worker still there, the task still running?"""
         if self._task is None or self._lost is not None or self._closing:
             return
-        if self.worker is not None and self.worker not in alive:
+        if self.worker not in alive:
             self.lose(f"dask worker {self.worker} left the cluster (it died or was stopped)")
         elif self._task.done():
-            with contextlib.suppress(Exception):
-                error = self._task.exception(timeout=0)
-                self.lose(f"the site's task ended: {error or self._task.result(timeout=0)}")
-
-    def ping(self) -> None:
-        if self._requests is not None and self._lost is None and not self._closing:
-            with contextlib.suppress(Exception):
-                self._requests.put({"op": "ping"})
+            try:  # why it ended is a short string at the worker (or its error)
+                error = self._task.exception(timeout=TASK_ANSWER_TIMEOUT)
+                reason = error or self._task.result(timeout=TASK_ANSWER_TIMEOUT)
+            except Exception as exc:
+                reason = f"{self._task.status} ({type(exc).__name__}: {exc})"
+            self.lose(f"the site's task ended: {reason}")
 
     def lose(self, reason: str) -> None:
         if self._lost is not None:

@@ -11,9 +11,11 @@ and env file) arrive sealed to a key pair the task made (``sealed.py``): the sch
 passes them on without being able to read them.
 
 The relay is reached over TCP with TLS: each step gets a Unix socket in the site's folder
-that the agent's sandbox binds (``relay_proxy.py``). When the orchestrator falls silent (no
-request, not even its pings, for ``ORCHESTRATOR_TIMEOUT``), the site is stopped and the task
-ends: nothing of a run stays on a worker.
+that the agent's sandbox binds (``relay_proxy.py``). When the orchestrator is gone, the
+scheduler releases the task it submitted (its client left) and the worker marks it
+cancelled; the task looks at that between requests (every ``POLL_INTERVAL``), stops the site
+and ends: nothing of a run stays on a worker. No pings: at fifty sites, a ping per site
+through the scheduler was itself the load that made the pings late.
 """
 
 from __future__ import annotations
@@ -38,8 +40,10 @@ from fedsim.sites.relay_proxy import RelayProxy
 from fedsim.sites.sealed import SealKey
 from fedsim.sites.tarball import pack, unpack
 
-ORCHESTRATOR_TIMEOUT = 30.0
-"""Seconds without a request or a ping after which the orchestrator is taken to be gone."""
+POLL_INTERVAL = 2.0
+"""Seconds between looks at whether the orchestrator let go of the task."""
+GONE = ("cancelled", "released", "forgotten")
+"""The worker's states of a task nobody wants any more."""
 BATCH_INTERVAL = 0.05
 
 
@@ -78,7 +82,7 @@ class SiteTask:
 
     def __init__(self, events: Any, worker: str) -> None:
         self.worker = worker
-        """This worker's address: the scheduler chose it, the orchestrator learns it here."""
+        """This worker's address, for errors."""
         self.outbox = _Outbox(events)
         self._key = SealKey()
         self.folder = Path(tempfile.mkdtemp(prefix="fedsim-dask-"))  # short: socket paths
@@ -122,9 +126,7 @@ class SiteTask:
             return
         if op == "open":
             request["dir"] = str(self.folder / "site")
-            self._after[request["id"]] = lambda reply: reply.update(
-                worker=self.worker, seal_key=self._key.public
-            )
+            self._after[request["id"]] = lambda reply: reply.update(seal_key=self._key.public)
         elif op == "prepare":
             self._apps += 1
             app_dir = self.folder / "apps" / str(self._apps)
@@ -220,24 +222,31 @@ class SiteTask:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
+def _released(worker: Any, key: Any) -> bool:
+    """Whether the scheduler let go of this task (its client, the orchestrator, is gone)."""
+    task = worker.state.tasks.get(key)
+    return task is None or task.state in GONE
+
+
 def run_site(requests: Any, events: Any) -> str:
-    """The task: serves one site until the orchestrator says ``close`` or falls silent.
+    """The task: serves one site until the orchestrator says ``close`` or lets go of it.
     Seceded from the worker's thread pool, so a worker holds as many sites as it is given
     (``sites_per_worker``) whatever its number of threads. Returns why it ended."""
     from distributed import get_worker, secede
 
-    worker = get_worker().address
+    worker = get_worker()
+    key = worker.get_current_task()
     secede()
-    task = SiteTask(events, worker)
+    task = SiteTask(events, worker.address)
     ended = "closed"
     try:
         while True:
             try:
-                request = requests.get(timeout=ORCHESTRATOR_TIMEOUT)
+                request = requests.get(timeout=POLL_INTERVAL)
             except TimeoutError:
-                ended = f"no word from the orchestrator in {ORCHESTRATOR_TIMEOUT:g} s"
-                break
-            if request.get("op") == "ping":
+                if _released(worker, key):
+                    ended = "the orchestrator let go of the site's task (it stopped or is gone)"
+                    break
                 continue
             task.handle(request)
             if request.get("op") == "close":
