@@ -3,7 +3,8 @@
 What a Dask site costs over a local one (the task, its queues through the scheduler, the
 site host at the worker, the relay's TLS over TCP), as ratios of the two runs taken in one
 session, alternately when repeated, so load and caches weigh on both alike. The run is
-``bench_scale.py``'s: the mean app on 1000 x 10 rows per site, waits shortened. Memory is
+``bench_scale.py``'s: the mean app on 1000 x 10 rows per site, waits shortened, each run's
+first and last site checked against the pooled mean before its figures count. Memory is
 the peak PSS of everything the run holds: fedsim's process tree, and for the Dask run also
 the workers' trees (where its sites live) less what the idle cluster held before it;
 per site is that divided by the number of sites.
@@ -28,12 +29,22 @@ import tempfile
 import tomllib
 from pathlib import Path
 
+import numpy as np
 import tomli_w
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_scale import measure, process_tree, tree_memory, write_run  # noqa: E402
+from bench.bench_scale import (  # noqa: E402
+    check,
+    fedsim_mean,
+    measure,
+    pooled_mean,
+    process_tree,
+    run_dir,
+    tree_memory,
+    write_run,
+)
 from fedsim.appenv import ensure_app_env  # noqa: E402
 from fedsim.sites.wheelhouse import app_wheelhouse  # noqa: E402
 from tests.dask_cluster import Cluster, dask_cluster  # noqa: E402
@@ -52,6 +63,12 @@ def dask_run(local: Path, cluster: Cluster, per_worker: int) -> Path:
     return path
 
 
+def checked(kind: str, printed: str, n: int, expected: np.ndarray) -> None:
+    """A run's figures count only if its first and last sites got the pooled mean."""
+    for site in ("s0", f"s{n - 1}"):
+        check(f"{kind} sites at {site}", fedsim_mean(run_dir(printed), site), expected)
+
+
 def cluster_pids(cluster: Cluster) -> list[int]:
     return [cluster.scheduler.pid, *(p.pid for p in cluster.workers.values())]
 
@@ -68,6 +85,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="fedsim-bench-dask-") as tmp:
         folder = Path(tmp)
         local = write_run(folder, args.sites)
+        expected = pooled_mean(folder, args.sites)
         (folder / "cluster").mkdir()
         with dask_cluster(folder / "cluster", args.workers) as cluster:
             remote = dask_run(local, cluster, per_worker)
@@ -75,8 +93,12 @@ def main() -> None:
                 [p for root in cluster_pids(cluster) for p in process_tree(root)]
             )
             for _ in range(args.repeat):
-                runs["local"].append(measure(cluster.fedsim("run", str(local))))
-                run = measure(cluster.fedsim("run", str(remote)), also=cluster_pids(cluster))
+                run, printed = measure(cluster.fedsim("run", str(local)))
+                checked("local", printed, args.sites, expected)
+                runs["local"].append(run)
+                argv = cluster.fedsim("run", str(remote))
+                run, printed = measure(argv, also=cluster_pids(cluster))
+                checked("dask", printed, args.sites, expected)
                 run["rss_gib"] -= idle_rss / 2**30
                 run["pss_gib"] -= idle_pss / 2**30
                 runs["dask"].append(run)
