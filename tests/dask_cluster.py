@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -76,18 +77,25 @@ def dask_setup(scheduler):
 line each (the queue's name and the value's repr: bytes show as they are)."""
 
 
-def _start(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+def _start(
+    argv: list[str], log: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:  # the child keeps its own copy
-        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
 
 
 @contextlib.contextmanager
 def dask_cluster(
-    folder: Path, n_workers: int, record_queues: Path | None = None
+    folder: Path,
+    n_workers: int,
+    record_queues: Path | None = None,
+    worker_cache: Path | None = None,
 ) -> Iterator[Cluster]:
     """The scheduler and ``n_workers`` workers (one thread each), logs and local folders
     under ``folder``; all stopped and the namespaces gone afterwards. With ``record_queues``,
-    the scheduler writes there everything put on its queues (``RECORDER``)."""
+    the scheduler writes there everything put on its queues (``RECORDER``); with
+    ``worker_cache``, the workers keep fedsim's cache there (``FEDSIM_CACHE_DIR``), empty
+    at first, instead of sharing this machine's."""
     with ssh_network() as network:
         hosts = network.add_plain_hosts(n_workers)
         hub = hosts[0].hub_address
@@ -112,7 +120,10 @@ def dask_cluster(
                 options = ["--host", host.address, "--no-nanny", "--nthreads", "1"]
                 options += ["--no-dashboard", "--local-directory", str(folder / f"w{i}")]
                 argv = host.run_in([*DASK, "worker", address, *options])
-                process = _start(argv, folder / f"worker-{i}.log")
+                env = None
+                if worker_cache is not None:
+                    env = {**os.environ, "FEDSIM_CACHE_DIR": str(worker_cache)}
+                process = _start(argv, folder / f"worker-{i}.log", env)
                 processes.append(process)
                 by_host[host.address] = process
             cluster = Cluster(address, {}, scheduler, network, f"{hub}:{RELAY_PORT}")

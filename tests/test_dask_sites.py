@@ -9,6 +9,7 @@ the run within seconds, naming both; no site's data moves between workers."""
 from __future__ import annotations
 
 import json
+import os
 import platform
 import secrets as secrets_module
 import signal
@@ -324,3 +325,31 @@ def test_doctor_checks_the_cluster_for_dask_sites(tmp_path: Path, cluster: Clust
         assert row["problems"] == [
             "4 dask sites with sites_per_worker = 1 need 4 workers; the cluster has 3"
         ]
+
+
+def test_provision_installs_the_app_environment_at_every_worker_once(tmp_path: Path) -> None:
+    """Workers with a cache of their own, empty: ``fedsim provision`` sends the app's
+    wheelhouse to each and installs it there; a second time nothing is sent or installed."""
+    cache = tmp_path / "worker-cache"
+    sites = [{"name": name, "inputs": [str(path)]} for name, path in DATA.items()]
+    with dask_cluster(tmp_path, 2, worker_cache=cache) as cluster:
+        config = dask_config(tmp_path, MEAN_APP, {**cluster.table(), "sites_per_worker": 2}, sites)
+        outputs = []
+        for _ in range(2):
+            done = subprocess.run(
+                cluster.fedsim("provision", str(config)),
+                capture_output=True,
+                text=True,
+                timeout=600,
+                env={**os.environ, "COLUMNS": "200"},
+                check=False,
+            )
+            assert done.returncode == 0, done.stderr[-3000:]
+            outputs.append(done.stdout)
+    assert "2 of 2 Dask workers changed" in outputs[0] and "installed" in outputs[0]
+    assert "0 of 2 Dask workers changed" in outputs[1] and "installed" not in outputs[1]
+    assert all(worker in outputs[1] for worker in cluster.workers)
+    (env,) = (p for p in (cache / "dask-worker" / "envs").iterdir() if p.is_dir())
+    python = env / "bin" / "python"
+    imported = subprocess.run([str(python), "-c", "import FeatureCloud, pandas"], check=False)
+    assert imported.returncode == 0, "the app's packages, installed from the shipped wheels"

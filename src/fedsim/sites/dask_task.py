@@ -77,12 +77,40 @@ class _Outbox:
         self._thread.join(timeout=30)
 
 
+def provision_env(key: str, python: str, wheels: bytes | None) -> dict[str, Any]:
+    """At a worker: the environment of wheelhouse ``key`` in this worker's cache, installed
+    from ``wheels`` (a packed wheelhouse) with the same script as at SSH sites, where it stays
+    for later runs. Without ``wheels`` it only says whether the environment is there
+    (``env`` None when not): the wheels travel only to a worker that lacks it."""
+    workdir = cache_root() / "dask-worker"
+    env = workdir / "envs" / key
+    if (env / COMPLETE_MARKER).is_file():
+        return {"env": str(env), "installed": False}
+    if wheels is None:
+        return {"env": None}
+    folder = workdir / "wheels" / key
+    if not (folder / COMPLETE_MARKER).is_file():
+        partial = workdir / "wheels" / f"{key}.partial-{os.getpid()}-{threading.get_ident()}"
+        unpack(wheels, partial)
+        shutil.rmtree(folder, ignore_errors=True)
+        partial.rename(folder)
+    done = subprocess.run(
+        ["sh", "-c", install_script(str(workdir), key, python)],
+        capture_output=True,
+        text=True,
+        timeout=INSTALL_TIMEOUT,
+        check=False,
+    )
+    if done.returncode != 0:
+        tail = "\n".join(done.stderr.strip().splitlines()[-15:])
+        return {"error": f"installing {key} failed: {tail}"}
+    return {"env": str(env), "installed": done.stdout.strip().endswith("installed")}
+
+
 class SiteTask:
     """Between the queues and the site host (see the module docstring)."""
 
-    def __init__(self, events: Any, worker: str) -> None:
-        self.worker = worker
-        """This worker's address, for errors."""
+    def __init__(self, events: Any) -> None:
         self.outbox = _Outbox(events)
         self._key = SealKey()
         self.folder = Path(tempfile.mkdtemp(prefix="fedsim-dask-"))  # short: socket paths
@@ -122,7 +150,9 @@ class SiteTask:
         worker's environments (``provision``) are this task's own business."""
         op = request["op"]
         if op == "provision":
-            self.outbox.put({"reply": request["id"], **self._provision(request)})
+            key, python = str(request["key"]), str(request["python"])
+            answer = provision_env(key, python, request.get("wheels"))
+            self.outbox.put({"reply": request["id"], **answer})
             return
         if op == "open":
             request["dir"] = str(self.folder / "site")
@@ -145,35 +175,6 @@ class SiteTask:
             request["output_dir"] = str(output)
             self._after[request["id"]] = lambda reply: reply.update(output=pack(output))
         self._send(request)
-
-    def _provision(self, request: dict[str, Any]) -> dict[str, Any]:
-        """The environment of wheelhouse ``key`` in this worker's cache, installed from the
-        wheels in the request (sent only when ``wheels`` is there: the orchestrator asks
-        without them first) with the same script as at SSH sites; it stays for later runs."""
-        key, python = str(request["key"]), str(request["python"])
-        workdir = cache_root() / "dask-worker"
-        env = workdir / "envs" / key
-        if (env / COMPLETE_MARKER).is_file():
-            return {"env": str(env), "installed": False}
-        if "wheels" not in request:
-            return {"env": None}
-        wheels = workdir / "wheels" / key
-        if not (wheels / COMPLETE_MARKER).is_file():
-            partial = workdir / "wheels" / f"{key}.partial-{os.getpid()}-{threading.get_ident()}"
-            unpack(request["wheels"], partial)
-            shutil.rmtree(wheels, ignore_errors=True)
-            partial.rename(wheels)
-        done = subprocess.run(
-            ["sh", "-c", install_script(str(workdir), key, python)],
-            capture_output=True,
-            text=True,
-            timeout=INSTALL_TIMEOUT,
-            check=False,
-        )
-        if done.returncode != 0:
-            tail = "\n".join(done.stderr.strip().splitlines()[-15:])
-            return {"error": f"installing {key} at {self.worker} failed: {tail}"}
-        return {"env": str(env), "installed": done.stdout.strip().endswith("installed")}
 
     def _spawn(self, request: dict[str, Any]) -> None:
         self._close_proxy()
@@ -237,7 +238,7 @@ def run_site(requests: Any, events: Any) -> str:
     worker = get_worker()
     key = worker.get_current_task()
     secede()
-    task = SiteTask(events, worker.address)
+    task = SiteTask(events)
     ended = "closed"
     try:
         while True:

@@ -115,6 +115,15 @@ class SiteProvisioning:
         return any(p.installed or p.uploaded_bytes for p in self.environments.values())
 
 
+def app_wheelhouses(config: RunConfig) -> list[Wheelhouse]:
+    """Every step's app environment (built here first, when needed) as a wheelhouse."""
+    envs = []
+    for step in config.workflow:
+        python = None if step.python is None else str(find_python(step.python))
+        envs.append(ensure_app_env(step.app, python=python, requirements=step.requirements))
+    return list(dict.fromkeys(app_wheelhouse(e) for e in envs))
+
+
 def provision_sites(config: RunConfig) -> list[SiteProvisioning]:
     """Every SSH site of ``config`` made ready to run: the agent and every step's app
     environment installed there (each built here first, when needed), all sites at once.
@@ -122,11 +131,7 @@ def provision_sites(config: RunConfig) -> list[SiteProvisioning]:
     sites = [s for s in config.sites if s.ssh is not None]
     if not sites:
         return []
-    envs = []
-    for step in config.workflow:
-        python = None if step.python is None else str(find_python(step.python))
-        envs.append(ensure_app_env(step.app, python=python, requirements=step.requirements))
-    wheelhouses = [agent_wheelhouse(), *dict.fromkeys(app_wheelhouse(e) for e in envs)]
+    wheelhouses = [agent_wheelhouse(), *app_wheelhouses(config)]
 
     async def one(site: SiteConfig) -> SiteProvisioning:
         assert site.ssh is not None
