@@ -147,8 +147,11 @@ class SiteTask:
     def handle(self, request: dict[str, Any]) -> None:
         """Files out of the request into the site's folder, their paths into it, and on
         to the site host; a reply that brings files back is completed in ``_after``. The
-        worker's environments (``provision``) are this task's own business."""
+        worker's environments (``provision``) and its clock are this task's own business."""
         op = request["op"]
+        if op == "clock":
+            self.outbox.put({"reply": request["id"], "time": time.time()})
+            return
         if op == "provision":
             key, python = str(request["key"]), str(request["python"])
             answer = provision_env(key, python, request.get("wheels"))
