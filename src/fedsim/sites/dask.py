@@ -438,6 +438,8 @@ class DaskPlacement:
         with contextlib.suppress(Exception):
             self._task.cancel()
         self._task = None
+        with contextlib.suppress(Exception):  # the reader's last message
+            self._events.put(None)
 
     # --- the task --------------------------------------------------------------------------
 
@@ -463,14 +465,17 @@ class DaskPlacement:
         return answer
 
     def _read(self) -> None:
-        while self._lost is None and self._task is not None:
+        """The task's messages, in batches, until ``close`` puts ``None`` after them. The get
+        waits without a timeout: every get that times out costs the scheduler a logged
+        traceback, which at fifty idle sites was most of its work."""
+        while True:
             try:
-                batch = self._events.get(timeout=1)
-            except TimeoutError:
-                continue
+                batch = self._events.get()
             except Exception as exc:  # the client closed, the scheduler went away
                 if not self._closing:
                     self.lose(f"the site's messages stopped: {type(exc).__name__}: {exc}")
+                return
+            if batch is None:
                 return
             for message in batch:
                 dispatch(message, self._reply, self._line, self._running)

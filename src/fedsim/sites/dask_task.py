@@ -13,9 +13,9 @@ passes them on without being able to read them.
 The relay is reached over TCP with TLS: each step gets a Unix socket in the site's folder
 that the agent's sandbox binds (``relay_proxy.py``). When the orchestrator is gone, the
 scheduler releases the task it submitted (its client left) and the worker marks it
-cancelled; the task looks at that between requests (every ``POLL_INTERVAL``), stops the site
-and ends: nothing of a run stays on a worker. No pings: at fifty sites, a ping per site
-through the scheduler was itself the load that made the pings late.
+cancelled; the task looks at that every ``POLL_INTERVAL`` (at the worker, no message), stops
+the site and ends: nothing of a run stays on a worker. No pings: at fifty sites, a ping per
+site through the scheduler was itself the load that made the pings late.
 """
 
 from __future__ import annotations
@@ -44,6 +44,8 @@ POLL_INTERVAL = 2.0
 """Seconds between looks at whether the orchestrator let go of the task."""
 GONE = ("cancelled", "released", "forgotten")
 """The worker's states of a task nobody wants any more."""
+RELEASED = "released"
+"""The request the task's own watcher puts when the scheduler let go of the task."""
 BATCH_INTERVAL = 0.05
 
 
@@ -235,26 +237,37 @@ def _released(worker: Any, key: Any) -> bool:
 def run_site(requests: Any, events: Any) -> str:
     """The task: serves one site until the orchestrator says ``close`` or lets go of it.
     Seceded from the worker's thread pool, so a worker holds as many sites as it is given
-    (``sites_per_worker``) whatever its number of threads. Returns why it ended."""
+    (``sites_per_worker``) whatever its number of threads. Returns why it ended. Requests
+    are awaited without a timeout (a get that times out costs the scheduler a logged
+    traceback); a thread looks at the task's state every ``POLL_INTERVAL``, at the worker,
+    and wakes the loop with ``RELEASED`` when the scheduler let go of it."""
     from distributed import get_worker, secede
 
     worker = get_worker()
     key = worker.get_current_task()
     secede()
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(POLL_INTERVAL):
+            if _released(worker, key):
+                with contextlib.suppress(Exception):  # the scheduler itself may be gone
+                    requests.put({"op": RELEASED})
+                return
+
     task = SiteTask(events)
+    threading.Thread(target=watch, name="released", daemon=True).start()
     ended = "closed"
     try:
         while True:
-            try:
-                request = requests.get(timeout=POLL_INTERVAL)
-            except TimeoutError:
-                if _released(worker, key):
-                    ended = "the orchestrator let go of the site's task (it stopped or is gone)"
-                    break
-                continue
+            request = requests.get()
+            if request.get("op") == RELEASED:
+                ended = "the orchestrator let go of the site's task (it stopped or is gone)"
+                break
             task.handle(request)
             if request.get("op") == "close":
                 break
     finally:
+        done.set()
         task.close()
     return ended
