@@ -26,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -65,7 +66,7 @@ def write_run(folder: Path, n: int) -> Path:
     return path
 
 
-def _tree(root: int) -> list[int]:
+def process_tree(root: int) -> list[int]:
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -84,7 +85,7 @@ def _tree(root: int) -> list[int]:
     return found
 
 
-def _memory(pids: list[int]) -> tuple[int, int]:
+def tree_memory(pids: list[int]) -> tuple[int, int]:
     """(RSS, PSS) in bytes, summed over ``pids``, from smaps_rollup."""
     rss = pss = 0
     for pid in pids:
@@ -100,8 +101,10 @@ def _memory(pids: list[int]) -> tuple[int, int]:
     return rss, pss
 
 
-def measure(argv: list[str]) -> tuple[dict[str, float], str]:
-    """Wall seconds and peak tree memory of one command, and what it printed."""
+def measure(argv: list[str], also: Sequence[int] = ()) -> tuple[dict[str, float], str]:
+    """Wall seconds and peak tree memory of one command, and what it printed; with the
+    trees of the processes ``also`` (where its sites live when they are not its children:
+    a cluster's workers)."""
     start = time.monotonic()
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak = [0, 0]
@@ -109,7 +112,7 @@ def measure(argv: list[str]) -> tuple[dict[str, float], str]:
 
     def sample() -> None:
         while not done.is_set():
-            rss, pss = _memory(_tree(process.pid))
+            rss, pss = tree_memory([p for root in (process.pid, *also) for p in process_tree(root)])
             peak[0], peak[1] = max(peak[0], rss), max(peak[1], pss)
             done.wait(0.5)
 
@@ -136,9 +139,13 @@ def check(name: str, got: np.ndarray, expected: np.ndarray) -> None:
         raise SystemExit(f"{name} computed {got}, not the pooled mean {expected}")
 
 
-def fedsim_mean(folder: Path, site: str) -> np.ndarray:
-    """The means one site wrote (``column,mean`` rows) in the run's single run directory."""
-    (run,) = (folder / "runs").iterdir()
+def run_dir(printed: str) -> Path:
+    """What ``fedsim run`` prints last: its run directory."""
+    return Path(printed.strip().splitlines()[-1])
+
+
+def fedsim_mean(run: Path, site: str) -> np.ndarray:
+    """The means one site wrote (``column,mean`` rows) in the run directory ``run``."""
     with open(run / "sites" / site / "output" / "means.csv") as handle:
         return np.array([float(row["mean"]) for row in csv.DictReader(handle)])
 
@@ -176,9 +183,9 @@ def main() -> None:
             folder = Path(tmp)
             config = write_run(folder, n)
             expected = pooled_mean(folder, n)
-            run, _ = measure([sys.executable, "-m", "fedsim", "run", str(config)])
+            run, printed = measure([sys.executable, "-m", "fedsim", "run", str(config)])
             for site in ("s0", f"s{n - 1}"):
-                check(f"fedsim at {site}", fedsim_mean(folder, site), expected)
+                check(f"fedsim at {site}", fedsim_mean(run_dir(printed), site), expected)
             row: dict[str, object] = {"sites": n, **run}
             if flower is not None:
                 flwr, printed = measure([flower, str(FLOWER), str(folder / "data"), str(n)])

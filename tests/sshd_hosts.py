@@ -202,6 +202,22 @@ def _alive(pid: int) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class NetHost:
+    """A namespace linked to the hub and nothing else: what looks like another machine on
+    the network (for processes the test starts in it with ``ip netns exec``)."""
+
+    namespace: str
+    address: str
+    hub_address: str
+    hub_link: str
+    link: str = "eth0"
+
+    def run_in(self, argv: Sequence[str]) -> list[str]:
+        """``argv`` run in this host's network."""
+        return ["ip", "netns", "exec", self.namespace, *argv]
+
+
 @dataclass
 class SshHost:
     """One sshd host as the tests see it: where it is, how to log in, and its link.
@@ -327,6 +343,7 @@ class SshNetwork:
         self.hub = f"{PREFIX}{self.tag}-hub"
         self.namespaces: list[str] = []
         self.hosts: list[SshHost] = []
+        self.plain_hosts: list[NetHost] = []
         self.closed = False
         self.root = Path(tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{self.tag}-"))
         try:
@@ -371,6 +388,48 @@ class SshNetwork:
         )
         _run("ip", "-n", name, "link", "set", "lo", "up")
 
+    def _link(self, host: NetHost) -> None:
+        """``host``'s namespace made and joined to the hub by a link of its own."""
+        namespace = host.namespace
+        self._add_netns(namespace)
+        hub, link = host.hub_link, host.link
+        veth = ["type", "veth", "peer", "name", link, "netns", namespace]
+        _run("ip", "-n", self.hub, "link", "add", hub, *veth)
+        _run("ip", "-n", self.hub, "addr", "add", f"{host.hub_address}/30", "dev", hub)
+        _run("ip", "-n", namespace, "addr", "add", f"{host.address}/30", "dev", link)
+        _run("ip", "-n", self.hub, "link", "set", hub, "up")
+        _run("ip", "-n", namespace, "link", "set", link, "up")
+        # Anything that arrives from a host and is not for the hub itself (the local
+        # table, pref 0, answers that first) is refused, whatever ip_forward says.
+        _run("ip", "-n", self.hub, "rule", "add", "pref", "100", "iif", hub, "prohibit")
+
+    def add_plain_hosts(self, n: int) -> list[NetHost]:
+        """``n`` namespaces without sshd, each routed to every address of the hub (so one
+        hub address, such as a relay's, serves them all) and to nothing else; the test
+        starts its own processes there (``NetHost.run_in``). Torn down with the network."""
+        if self.closed:
+            raise SshHostsError("this network is closed")
+        new = []
+        try:
+            for _ in range(n):
+                index = len(self.hosts) + len(self.plain_hosts)
+                if index > 250:
+                    raise SshHostsError("at most 251 hosts per network")
+                host = NetHost(
+                    f"{PREFIX}{self.tag}-p{index}",
+                    f"{SUBNET}.{index}.2",
+                    f"{SUBNET}.{index}.1",
+                    f"h{index}",
+                )
+                self.plain_hosts.append(host)
+                self._link(host)
+                _run("ip", "-n", host.namespace, "route", "add", "default", "via", host.hub_address)
+                new.append(host)
+        except BaseException:
+            self.close()
+            raise
+        return new
+
     def add_hosts(self, n: int, without: Sequence[str] = ()) -> list[SshHost]:
         """Start ``n`` more hosts (concurrently) and return them once each sshd listens.
         ``without``: programs (absolute paths) these hosts lack: each is masked there."""
@@ -390,6 +449,7 @@ class SshNetwork:
         return new
 
     def _create_host(self, index: int) -> SshHost:
+        index += len(self.plain_hosts)  # one subnet per link, whatever its kind
         if index > 250:
             raise SshHostsError("at most 251 hosts per network")
         alias = f"host{index}"
@@ -413,17 +473,7 @@ class SshNetwork:
             hub_link=f"h{index}",
         )
         self.hosts.append(host)  # before anything is made: close() then finds all of it
-        self._add_netns(namespace)
-        hub, link = host.hub_link, host.link
-        veth = ["type", "veth", "peer", "name", link, "netns", namespace]
-        _run("ip", "-n", self.hub, "link", "add", hub, *veth)
-        _run("ip", "-n", self.hub, "addr", "add", f"{host.hub_address}/30", "dev", hub)
-        _run("ip", "-n", namespace, "addr", "add", f"{host.address}/30", "dev", link)
-        _run("ip", "-n", self.hub, "link", "set", hub, "up")
-        _run("ip", "-n", namespace, "link", "set", link, "up")
-        # Anything that arrives from a host and is not for the hub itself (the local
-        # table, pref 0, answers that first) is refused, whatever ip_forward says.
-        _run("ip", "-n", self.hub, "rule", "add", "pref", "100", "iif", hub, "prohibit")
+        self._link(NetHost(namespace, host.address, host.hub_address, host.hub_link))
 
         host_key = state / "ssh_host_ed25519_key"
         _keygen(host_key, alias)

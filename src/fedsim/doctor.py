@@ -7,7 +7,7 @@ cause in a log. Every check here is read-only and quick; SSH sites are checked a
 For a local site the checks look at this machine (fedsim's own Python, the temp folder's
 disk, a trivial bubblewrap sandbox). For an SSH site they run over one connection: the
 host's ``python3``, the disk under the site's workdir, whether fedsim is importable there,
-whether ``bwrap`` exists, and the clock against this one.
+whether ``bwrap`` exists, and the clock against this one. Dask sites: ``doctor_dask.py``.
 """
 
 from __future__ import annotations
@@ -19,65 +19,23 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from fedsim import __version__
 from fedsim.appenv import COMPLETE_MARKER
-from fedsim.config import RunConfig, SiteConfig, SshTarget
+from fedsim.config import DASK_LOCATION, RunConfig, SiteConfig, SshTarget
+from fedsim.doctor_dask import check_dask_sites
 from fedsim.errors import SiteUnreachable
+from fedsim.health import SiteHealth, python_problem
 from fedsim.logs import get_logger
 from fedsim.sites.ssh_connect import CONNECT_TIMEOUT, SshSession, connect_all, workdir_shell
 
 log = get_logger("doctor")
 
-MIN_PYTHON = (3, 11)
-"""The agent is fedsim itself, which needs this Python at the site."""
 NOT_PROVISIONED = "not provisioned"
 SANDBOX_PROBE_TIMEOUT = 20.0
 COMMAND_TIMEOUT = 30.0
-
-
-@dataclass
-class SiteHealth:
-    """One row of the doctor's table; ``problems`` empty means ready. Values a check could
-    not find are None (shown as "-"), never a guess."""
-
-    site: str
-    location: str
-    reachable: bool = False
-    python: str | None = None
-    disk_free: int | None = None
-    """Bytes free in the site's workdir (or its nearest existing parent), or locally in the
-    temp folder where local sites live."""
-    agent: str | None = None
-    """fedsim's version importable at the site, or ``"not provisioned"``."""
-    sandbox: bool | None = None
-    clock_offset: float | None = None
-    """Seconds the site's clock is ahead of this one (half the round trip corrected)."""
-    problems: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def ready(self) -> bool:
-        return self.reachable and not self.problems
-
-    def as_json(self) -> dict[str, Any]:
-        return {**asdict(self), "ready": self.ready}
-
-
-def _python_problem(version: str | None) -> str | None:
-    if version is None:
-        return "no python3 found"
-    try:
-        found = tuple(int(p) for p in version.split(".")[:2])
-    except ValueError:
-        return f"cannot read the Python version {version!r}"
-    if found < MIN_PYTHON:
-        need = ".".join(map(str, MIN_PYTHON))
-        return f"Python {version} is older than {need}, which the agent needs"
-    return None
 
 
 def _bwrap_works() -> tuple[bool, str | None]:
@@ -177,7 +135,7 @@ async def _check_session(session: SshSession, health: SiteHealth) -> None:
     result = await session.run(probe_script(target.workdir), timeout=COMMAND_TIMEOUT)
     values = _parse_probe(str(result.stdout))
     health.python = values.get("python") or None
-    problem = _python_problem(health.python)
+    problem = python_problem(health.python)
     if problem:
         health.problems.append(problem)
     kib = values.get("disk_kib", "")
@@ -232,6 +190,8 @@ def check_sites(
         row.site: row
         for row in asyncio.run(check_ssh_sites(remote, timeout=timeout, ssh_config=ssh_config))
     }
+    dask = [site for site in config.sites if site.location == DASK_LOCATION]
+    checked.update((row.site, row) for row in check_dask_sites(config.dask, dask, timeout=timeout))
     local_probe: SiteHealth | None = None
     rows = []
     for site in config.sites:

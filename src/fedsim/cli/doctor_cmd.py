@@ -24,7 +24,7 @@ def doctor(
         bool, typer.Option("--json", help="One JSON object per site, for scripts.")
     ] = False,
     timeout: Annotated[
-        float, typer.Option(help="Seconds to connect to each SSH host.", min=0.1)
+        float, typer.Option(help="Seconds to connect to each SSH host or Dask scheduler.", min=0.1)
     ] = 15.0,
     ssh_config: Annotated[
         list[Path] | None,

@@ -1,4 +1,5 @@
-"""``fedsim provision CONFIG``: make every SSH site ready to run, once; again changes nothing."""
+"""``fedsim provision CONFIG``: make every SSH site and Dask worker ready to run, once; again
+changes nothing."""
 
 from __future__ import annotations
 
@@ -11,22 +12,25 @@ import typer
 def provision(
     config: Annotated[Path, typer.Argument(help="The run config (fedsim.toml).", readable=False)],
 ) -> None:
-    """Install fedsim's agent and each app's environment at every SSH site, from wheels built
-    here (nothing is downloaded at the site). `fedsim run` does the same for what is missing."""
+    """Install fedsim's agent and each app's environment at every SSH site, and each app's
+    environment at every worker of a Dask cluster, from wheels built here (nothing is
+    downloaded there). `fedsim run` does the same for what is missing."""
     from rich.markup import escape
     from rich.table import Table
 
     from fedsim.cli.output import stdout
     from fedsim.config import load_config
+    from fedsim.sites.dask_provision import provision_workers
     from fedsim.sites.provision import provision_sites
 
     cfg = load_config(config)
     rows = provision_sites(cfg)
-    if not rows:
-        stdout.print("no SSH sites in this config: nothing to provision")
+    workers = provision_workers(cfg)
+    if not rows and not workers:
+        stdout.print("no SSH sites or running Dask cluster in this config: nothing to provision")
         return
     table = Table("site", "location", "environment", "done", "uploaded", "seconds")
-    for row in rows:
+    for row in rows + workers:
         for key, env in row.environments.items():
             done = "installed" if env.installed else "already there"
             sent = f"{env.uploaded_bytes / 2**20:.1f} MiB" if env.uploaded_bytes else "-"
@@ -34,8 +38,12 @@ def provision(
                 escape(row.site), escape(row.location), key, done, sent, f"{row.seconds:.1f}"
             )
     stdout.print(table)
-    changed = sum(row.changed for row in rows)
-    stdout.print(f"{changed} of {len(rows)} SSH sites changed")
+    if rows:
+        changed = sum(row.changed for row in rows)
+        stdout.print(f"{changed} of {len(rows)} SSH sites changed")
+    if workers:
+        changed = sum(row.changed for row in workers)
+        stdout.print(f"{changed} of {len(workers)} Dask workers changed")
 
 
 COMMANDS = {"provision": provision}

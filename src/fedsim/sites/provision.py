@@ -22,54 +22,14 @@ from fedsim.appenv import COMPLETE_MARKER, ensure_app_env
 from fedsim.errors import EnvironmentBuildError
 from fedsim.logs import get_logger
 from fedsim.pythons import find_python
+from fedsim.sites.install import INSTALL_TIMEOUT, NO_PYTHON, install_script
 from fedsim.sites.ssh_connect import SshSession, connect, workdir_shell
-from fedsim.sites.wheelhouse import (
-    NO_DEPS_FILE,
-    PIP_FILE,
-    REQUIREMENTS_FILE,
-    Wheelhouse,
-    agent_wheelhouse,
-    app_wheelhouse,
-)
+from fedsim.sites.wheelhouse import Wheelhouse, agent_wheelhouse, app_wheelhouse
 
 if TYPE_CHECKING:
     from fedsim.config import RunConfig, SiteConfig
 
 log = get_logger("provision")
-
-INSTALL_TIMEOUT = 900.0
-NO_PYTHON = 3
-"""The install script's exit code when the site has no Python of the wanted version."""
-
-_INSTALL = """set -eu
-W={workdir}; KEY={key}; V={python}
-ENV="$W/envs/$KEY"; WH="$W/wheels/$KEY"
-mkdir -p "$W/envs"
-exec 9>"$W/envs/.lock"
-flock 9
-if [ -f "$ENV/{marker}" ]; then echo present; exit 0; fi
-PY=
-for p in "python$V" python3; do
-    if command -v "$p" >/dev/null 2>&1 &&
-       [ "$("$p" -c 'import sys; print("%d.%d" % sys.version_info[:2])')" = "$V" ]; then
-        PY=$(command -v "$p"); break
-    fi
-done
-if [ -z "$PY" ]; then
-    echo "no Python $V (python$V or python3) on the PATH" >&2; exit {no_python}
-fi
-rm -rf "$ENV"
-"$PY" -m venv --without-pip "$ENV"
-PIP="$WH/$(cat "$WH/{pip_file}")/pip"
-"$ENV/bin/python" "$PIP" install --no-index --find-links "$WH" --disable-pip-version-check \\
-    --no-input -q -r "$WH/{requirements}"
-for wheel in $(cat "$WH/{no_deps}"); do
-    "$ENV/bin/python" "$PIP" install --no-index --no-deps --disable-pip-version-check \\
-        --no-input -q "$WH/$wheel"
-done
-"$PY" -c 'import sys; print(sys.version.split()[0])' > "$ENV/{marker}"
-echo installed
-"""
 
 
 @dataclass(frozen=True)
@@ -124,16 +84,7 @@ async def provision(session: SshSession, wheelhouse: Wheelhouse, workdir: str) -
     if present.exit_status == 0:
         return Provisioned(env, installed=False, uploaded_bytes=0)
     sent = await _upload(session, wheelhouse, workdir)
-    script = _INSTALL.format(
-        workdir=shlex.quote(workdir),
-        key=shlex.quote(wheelhouse.key),
-        python=shlex.quote(wheelhouse.python),
-        marker=COMPLETE_MARKER,
-        no_python=NO_PYTHON,
-        pip_file=PIP_FILE,
-        requirements=REQUIREMENTS_FILE,
-        no_deps=NO_DEPS_FILE,
-    )
+    script = install_script(workdir, wheelhouse.key, wheelhouse.python)
     log.info("site %s: installing %s", session.site, wheelhouse.key)
     result = await session.run(f"sh -c {shlex.quote(script)}", timeout=INSTALL_TIMEOUT)
     if result.exit_status == NO_PYTHON:
@@ -164,6 +115,15 @@ class SiteProvisioning:
         return any(p.installed or p.uploaded_bytes for p in self.environments.values())
 
 
+def app_wheelhouses(config: RunConfig) -> list[Wheelhouse]:
+    """Every step's app environment (built here first, when needed) as a wheelhouse."""
+    envs = []
+    for step in config.workflow:
+        python = None if step.python is None else str(find_python(step.python))
+        envs.append(ensure_app_env(step.app, python=python, requirements=step.requirements))
+    return list(dict.fromkeys(app_wheelhouse(e) for e in envs))
+
+
 def provision_sites(config: RunConfig) -> list[SiteProvisioning]:
     """Every SSH site of ``config`` made ready to run: the agent and every step's app
     environment installed there (each built here first, when needed), all sites at once.
@@ -173,11 +133,8 @@ def provision_sites(config: RunConfig) -> list[SiteProvisioning]:
     sites = [s for s in config.sites if s.ssh is not None]
     if not sites:
         return []
-    envs = []
-    for step in config.workflow if config.platform == "embedded" else []:
-        python = None if step.python is None else str(find_python(step.python))
-        envs.append(ensure_app_env(step.app, python=python, requirements=step.requirements))
-    wheelhouses = [agent_wheelhouse(), *dict.fromkeys(app_wheelhouse(e) for e in envs)]
+    apps = app_wheelhouses(config) if config.platform == "embedded" else []
+    wheelhouses = [agent_wheelhouse(), *apps]
 
     async def one(site: SiteConfig) -> SiteProvisioning:
         assert site.ssh is not None
