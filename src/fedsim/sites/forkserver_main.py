@@ -46,7 +46,8 @@ CLONE_NEWNET = 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
 MNT_DETACH = 2
-PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_SECCOMP, PR_SET_NO_NEW_PRIVS = 1, 24, 22, 38
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_CAPBSET_DROP = 1, 4, 24
+PR_SET_SECCOMP, PR_SET_NO_NEW_PRIVS = 22, 38
 SECCOMP_MODE_FILTER = 2
 CAP_VERSION_3 = 0x20080522
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
@@ -277,6 +278,10 @@ def site_init(request, status, output_fd, seccomp):
     if status.recv(16) != b"go":
         os._exit(1)
     drop_privileges(request["uid"])
+    # the app shares this uid: it must not write into this process (/proc/1/mem) to run
+    # code outside the filter
+    _check(libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "dumpable")
+    load_seccomp(seccomp)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     app = os.fork()
     if app == 0:
@@ -296,8 +301,9 @@ def site_init(request, status, output_fd, seccomp):
 
 def run_app(request, output_fd, seccomp):
     """As ``python launcher.py`` would start in a sandbox: its output, rlimits, folder and
-    environment; the seccomp filter last."""
+    environment (the seccomp filter came with the fork)."""
     os.setsid()
+    _check(libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0), "dumpable")  # as any process of its own
     set_title(f"{sys.executable} {APP_RUN}/launcher.py")
     os.dup2(output_fd, 1)
     os.dup2(output_fd, 2)
@@ -314,7 +320,6 @@ def run_app(request, output_fd, seccomp):
     sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False))
     sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), write_through=True)
     sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), write_through=True)
-    load_seccomp(seccomp)
     sys.argv = [f"{APP_RUN}/launcher.py"]
     runpy.run_module("app_launcher", run_name="__main__")
 
