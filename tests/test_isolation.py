@@ -282,3 +282,16 @@ def test_a_site_inherits_no_host_environment(
     """,
     )
     assert result.stdout.strip() == "None"
+
+
+def test_sites_draw_their_own_random_numbers(tmp_path: Path, sites: ExecSites | ForkSites) -> None:
+    """Forked from one server, sites would share its generators' states unless reseeded."""
+    code = """
+        import random
+        import numpy
+        print(random.random(), numpy.random.random())
+    """
+    draws = [sites.run(make_site(tmp_path, name), code) for name in ("site-a", "site-b")]
+    assert all(d.returncode == 0 for d in draws), [d.stderr for d in draws]
+    a, b = (d.stdout.split() for d in draws)
+    assert a[0] != b[0] and a[1] != b[1], f"two sites drew alike: {a} {b}"

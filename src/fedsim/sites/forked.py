@@ -92,6 +92,12 @@ class ForkedPlacement(LocalPlacement):
     def describe(self) -> dict[str, object]:
         return {**super().describe(), "start": "fork"}
 
+    def prepare(self, app: AppBundle) -> None:
+        """The environment's fork-server starts here, with the run, so that its imports are
+        not a step's: a step's sites start as soon as the step does."""
+        super().prepare(app)
+        self._server(app)
+
     def open(self) -> None:
         self._dir.mkdir(mode=0o700)
         if self._server_uid is not None:

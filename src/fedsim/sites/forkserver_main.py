@@ -320,6 +320,9 @@ def run_app(request, output_fd, seccomp):
     sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False))
     sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), write_through=True)
     sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), write_through=True)
+    numpy_random = sys.modules.get("numpy.random")
+    if numpy_random is not None:  # seeded once in the server: every site would draw alike
+        numpy_random.seed()  # (the random module reseeds itself after a fork)
     sys.argv = [f"{APP_RUN}/launcher.py"]
     runpy.run_module("app_launcher", run_name="__main__")
 
