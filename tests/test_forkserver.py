@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from fedsim.sites.uids import FIRST_UID
+from tests.test_isolation import ForkSites, make_site
 from tests.test_run_failures import start_hanging_run
 
 SECRETS = {"token", "launch.json", "relay.sock", "shadow"}
@@ -91,3 +92,18 @@ def test_the_fork_server_is_no_one_on_the_host_and_sees_no_token_or_relay(
         process.send_signal(signal.SIGTERM)
         process.communicate(timeout=60)
     assert not [args for args in _children(os.getpid()).values() if "forkserver_main" in args]
+
+
+def test_a_forked_app_stopped_twice_closes_nothing_of_anyone_else(tmp_path: Path) -> None:
+    """A step is stopped more than once (by its poll, then by its placement): the second time
+    must not close a descriptor number that something else has taken meanwhile."""
+    forked = ForkSites(tmp_path)
+    try:
+        app, _lines = forked._spawn(make_site(tmp_path, "site-a"), "import time; time.sleep(60)")
+        app.kill()
+        read, write = os.pipe()  # likely the numbers the first kill gave back
+        app.kill()
+        os.fstat(read), os.fstat(write)  # still open
+        os.close(read), os.close(write)
+    finally:
+        forked.server.close()

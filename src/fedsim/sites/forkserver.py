@@ -103,7 +103,10 @@ class ForkedApp:
         self._code = int(text.split()[1]) if text.startswith("exit ") else 128 + signal.SIGKILL
 
     def kill(self) -> None:
-        """Kill the site's pid 1, which ends every process of the site."""
+        """Kill the site's pid 1, which ends every process of the site; idempotent (a step
+        is stopped more than once, and a pidfd closed twice could close another's fd)."""
+        if self._pidfd < 0:
+            return
         if self._code is None:
             with contextlib.suppress(ProcessLookupError):
                 signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
@@ -114,8 +117,8 @@ class ForkedApp:
                 self._code = 128 + signal.SIGKILL
         self.reader.join(timeout=5)
         self._status.close()
-        with contextlib.suppress(OSError):
-            os.close(self._pidfd)
+        os.close(self._pidfd)
+        self._pidfd = -1
 
 
 class ForkServer:
