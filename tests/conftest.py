@@ -35,6 +35,14 @@ def app_environment() -> Path:
     return ensure_app_env(MEAN_APP)
 
 
+@pytest.fixture(params=["exec", "fork"])
+def site_start(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways local sites' apps start (``FEDSIM_SITE_START``, which the fedsim processes
+    of a test inherit): a fresh interpreter each, or forked from a fork-server."""
+    monkeypatch.setenv("FEDSIM_SITE_START", request.param)
+    return str(request.param)
+
+
 def fedsim(
     *args: str, timeout: float = 300, env: dict[str, str] | None = None, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:

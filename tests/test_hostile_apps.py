@@ -19,6 +19,8 @@ import yaml
 
 from tests.conftest import ROOT, run_dir_of, write_config
 
+pytestmark = pytest.mark.usefixtures("site_start")  # both start-ups of local sites
+
 HOSTILE_APP = ROOT / "tests" / "apps" / "hostile"
 HOST_SECRET = "HOST-SECRET-5b1e"
 ESCAPES = [

@@ -11,7 +11,10 @@ import pytest
 from tests.conftest import fedsim, run_dir_of
 from tests.test_hostile_apps import hostile_run
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="cgroups need root here")
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="cgroups need root here"),
+    pytest.mark.usefixtures("site_start"),  # both start-ups of local sites
+]
 
 
 def escapes(run_dir: Path, site: str) -> dict:

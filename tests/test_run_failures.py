@@ -27,6 +27,7 @@ from tests.conftest import (
 pytestmark = pytest.mark.usefixtures("no_leftover_sandboxes")
 
 
+@pytest.mark.usefixtures("site_start")  # both start-ups of local sites
 def test_a_failing_app_stops_the_run_and_names_the_site(tmp_path: Path) -> None:
     config = write_run(
         tmp_path,
@@ -73,6 +74,7 @@ def test_timeout_stops_every_site(tmp_path: Path) -> None:
     assert summary["sites"]["hub"]["status"] == "stopped"
 
 
+@pytest.mark.usefixtures("site_start")  # both start-ups of local sites
 def test_ctrl_c_stops_every_site_and_keeps_the_record(tmp_path: Path) -> None:
     config = write_run(
         tmp_path,
@@ -106,6 +108,7 @@ def test_ctrl_c_stops_every_site_and_keeps_the_record(tmp_path: Path) -> None:
     assert not [p for p in sandbox_processes() if str(tmp_path) in p]
 
 
+@pytest.mark.usefixtures("site_start")  # both start-ups of local sites
 def test_an_app_that_exits_without_finishing_fails_its_site(tmp_path: Path) -> None:
     app = tmp_path / "crash-app"
     app.mkdir()
@@ -234,6 +237,7 @@ def assert_stopped_and_recorded(run_dir: Path, temp: Path) -> dict:
     return summary
 
 
+@pytest.mark.usefixtures("site_start")  # both start-ups of local sites
 def test_sigterm_ends_a_run_as_ctrl_c_does(tmp_path: Path) -> None:
     process, run_dir, temp = start_hanging_run(tmp_path)
     process.send_signal(signal.SIGTERM)
@@ -247,6 +251,7 @@ def test_sigterm_ends_a_run_as_ctrl_c_does(tmp_path: Path) -> None:
     assert "SIGTERM" in summary["error"]
 
 
+@pytest.mark.usefixtures("site_start")  # both start-ups of local sites
 def test_signals_during_cleanup_do_not_cut_it_short(tmp_path: Path) -> None:
     process, run_dir, temp = start_hanging_run(tmp_path)
     interrupt(process)

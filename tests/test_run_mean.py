@@ -12,6 +12,8 @@ import pytest
 
 from tests.conftest import ROOT, fedsim, run_dir_of
 
+pytestmark = pytest.mark.usefixtures("site_start")  # both start-ups of local sites
+
 EXAMPLE = ROOT / "examples" / "mean"
 TOLERANCE = 1e-12  # relative; sums of a few hundred floats in another order
 

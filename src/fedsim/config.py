@@ -531,6 +531,10 @@ class RunConfig(BaseModel):
     seed: Annotated[int, Strict()] | None = None
     shorten_waits: Flag = False
     poll_interval: Annotated[Number, Field(gt=0, le=5)] = 0.02
+    site_start: Literal["auto", "fork", "exec"] = "auto"
+    """How local sites' apps start: forked from a fork-server per app environment, a fresh
+    interpreter each, or (auto) forked where this machine allows it (``FEDSIM_SITE_START``
+    overrides it)."""
     compare: CompareConfig = Field(default_factory=CompareConfig)
     capture_payloads: Flag = False
     """Keep every payload that passes the relay under messages/ in the run directory."""

@@ -79,7 +79,8 @@ def _start(
     argv: list[str], on_line: LineSink, tag: str | None, name: str, **options: Any
 ) -> _Group:
     process = spawn_line_reader(argv, start_new_session=True, **options)
-    return _Group(process, None, start_reader(process, on_line, tag, name))
+    assert process.stdout is not None
+    return _Group(process, None, start_reader(process.stdout, on_line, tag, name))
 
 
 class _BareContext(SiteContext):

@@ -152,6 +152,11 @@ class SiteCgroup:
         )
         return ["/bin/sh", "-c", f'{joins} && exec "$@"', "fedsim-site"]
 
+    def join(self, pid: int) -> None:
+        """Put ``pid`` (a site's first process, before it starts anything) in the groups."""
+        for path in dict.fromkeys(self.dirs.values()):
+            (path / "cgroup.procs").write_text(str(pid))
+
     def oom_killed(self) -> bool:
         path = self.dirs.get("memory")
         if path is None:
@@ -183,15 +188,21 @@ class SiteCgroup:
                     parent.rmdir()  # only when empty: other runs may still use them
 
 
-def rlimit_prefix(limits: Limits, cgroup: SiteCgroup | None) -> list[str]:
-    """``prlimit`` for what no cgroup holds: a file's size always (output), address space
-    and processes when there is no memory or pids cgroup."""
-    args = ["/usr/bin/prlimit", f"--fsize={limits.output}"]
+def rlimits(limits: Limits, cgroup: SiteCgroup | None) -> dict[str, int]:
+    """The rlimits for what no cgroup holds: a file's size always (output), address space
+    and processes when there is no memory or pids cgroup (``prlimit``'s names)."""
+    values = {"fsize": limits.output}
     if cgroup is None or not cgroup.holds_memory:
-        args.append(f"--as={limits.memory}")
+        values["as"] = limits.memory
     if cgroup is None or not cgroup.holds_processes:
-        args.append(f"--nproc={limits.processes}")
-    return [*args, "--"]
+        values["nproc"] = limits.processes
+    return values
+
+
+def rlimit_prefix(limits: Limits, cgroup: SiteCgroup | None) -> list[str]:
+    """``prlimit`` setting ``rlimits`` for the command it starts."""
+    args = [f"--{name}={value}" for name, value in rlimits(limits, cgroup).items()]
+    return ["/usr/bin/prlimit", *args, "--"]
 
 
 def tree_size(path: Path, stop_above: int) -> int:

@@ -16,16 +16,18 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fedsim.errors import SandboxError
+from fedsim.errors import ConfigError, SandboxError
 from fedsim.logs import get_logger
 from fedsim.safefiles import Skipped, copy_inputs, copy_tree, prune_tree
 from fedsim.sites.base import AgentLaunch, AppBundle, LineSink, SiteStep
 from fedsim.sites.limits import Limits
 from fedsim.sites.local_step import (
+    LAUNCHER,
     LocalRunningSite,
     SiteContext,
     fedsim_runtime_dirs,
@@ -34,10 +36,15 @@ from fedsim.sites.local_step import (
 from fedsim.sites.sandbox import bwrap_path, running_as_root
 from fedsim.sites.sandboxes import chown_tree
 from fedsim.sites.seccomp import write_filter
-from fedsim.sites.uids import SiteUids, UidBlock
+from fedsim.sites.uids import BLOCK_SIZE, SiteUids, UidBlock
 
 if TYPE_CHECKING:
     from fedsim.config import RunConfig, SiteConfig
+    from fedsim.sites.forkserver import ForkServer
+
+START_ENV = "FEDSIM_SITE_START"
+"""Overrides the config's ``site_start`` (``fork``, ``exec`` or ``auto``): for tests and
+benchmarks that compare the two start-ups."""
 
 __all__ = [
     "LocalFamily",
@@ -61,10 +68,33 @@ class LocalFamily:
         self._seccomp = write_filter(workdir / "seccomp.bpf")
         self._uids = UidBlock(len(sites)) if running_as_root() else None
         self._index = 0
+        self._fork = site_start(config.site_start) == "fork"
+        self._fork_dir = workdir / "fork"
+        self._outputs_dir = config.output_dir / run_id / "sites"  # the run directory's (rundir.py)
+        self._servers: dict[Path, ForkServer] = {}
+        self._servers_lock = threading.Lock()
+        if self._fork:
+            self._fork_dir.mkdir(mode=0o700)
+            if self._uids is not None:
+                os.chown(self._fork_dir, self._uids.server, self._uids.server)
 
     def placement(self, site: SiteConfig) -> LocalPlacement:
         uids = None if self._uids is None else self._uids.site(self._index)
         self._index += 1
+        if self._fork:
+            from fedsim.sites.forked import ForkedPlacement
+
+            return ForkedPlacement(
+                site.name,
+                self._fork_dir / site.name,
+                control_dir=self._workdir / "sites" / site.name / "control",
+                server=self._server,
+                server_uid=None if self._uids is None else self._uids.server,
+                limits=self._config.limits_of(site),
+                uids=uids,
+                seccomp_filter=self._seccomp,
+                run_id=self._run_id,
+            )
         return LocalPlacement(
             site.name,
             self._workdir / "sites" / site.name,
@@ -74,9 +104,55 @@ class LocalFamily:
             run_id=self._run_id,
         )
 
+    def _server(self, app: AppBundle) -> ForkServer:
+        """The fork-server of the app's environment, started by the first site that needs it."""
+        from fedsim.sites.forkserver import ForkServer
+
+        with self._servers_lock:
+            server = self._servers.get(app.env)
+            if server is None:
+                block = self._uids
+                server = ForkServer(
+                    app.env,
+                    [app.env, *venv_base_dirs(app.env)],
+                    self._fork_dir,
+                    self._outputs_dir,
+                    self._seccomp,
+                    LAUNCHER,
+                    None if block is None else (block.start, BLOCK_SIZE, block.server),
+                )
+                self._servers[app.env] = server
+            return server
+
     def close(self) -> None:
+        for server in self._servers.values():
+            server.close()
         if self._uids is not None:
             self._uids.close()
+
+
+def site_start(configured: str) -> str:
+    """``fork`` or ``exec``: ``FEDSIM_SITE_START`` or the config; ``auto`` is fork where
+    this machine lets an unprivileged process make a user namespace (which the fork-server
+    needs), else exec."""
+    chosen = os.environ.get(START_ENV) or configured
+    if chosen not in ("auto", "fork", "exec"):
+        raise ConfigError(f"{START_ENV}={chosen!r}: expected fork, exec or auto")
+    if chosen != "auto":
+        return chosen
+    if _user_namespaces_allowed():
+        return "fork"
+    log.info("sites start the old way (a fresh interpreter each): no user namespaces here")
+    return "exec"
+
+
+def _user_namespaces_allowed() -> bool:
+    nobody = ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    probe = [*(nobody if running_as_root() else []), "/usr/bin/unshare", "--user", "true"]
+    try:
+        return subprocess.run(probe, capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
 
 
 class LocalPlacement:

@@ -35,7 +35,7 @@ from fedsim.sites.sandbox import (
     running_as_root,
 )
 from fedsim.sites.sandboxes import (
-    SandboxProcess,
+    SiteProcess,
     chown_tree,
     data_fd,
     start_sandbox,
@@ -88,18 +88,22 @@ class SiteContext:
 
     name: str
     control_dir: Path
-    holder_pid: int
+    holder_pid: int | None
+    """The process holding the site's network; None where each step's app makes it."""
     limits: Limits
     uids: SiteUids | None
     seccomp_filter: Path
     run_id: str
 
-    def join_network(self) -> list[str]:
+    def join_network(self, pid: int | None = None) -> list[str]:
+        """Into the network of the site's holder, or of ``pid`` (a forked site's pid 1)."""
+        pid = self.holder_pid if pid is None else pid
+        assert pid is not None, "a site without a network holder names the network's pid"
         if running_as_root():
-            return ["/usr/bin/nsenter", f"--net=/proc/{self.holder_pid}/ns/net", "--"]
+            return ["/usr/bin/nsenter", f"--net=/proc/{pid}/ns/net", "--"]
         return [
             "/usr/bin/nsenter",
-            f"--target={self.holder_pid}",
+            f"--target={pid}",
             "--user",
             "--net",
             "--preserve-credentials",
@@ -117,8 +121,8 @@ class LocalRunningSite:
         self._input_dir = input_dir
         self._app_copy = app_copy
         self.output_dir = step.output_dir
-        self._app: SandboxProcess | None = None
-        self._agent: SandboxProcess | None = None
+        self._app: SiteProcess | None = None
+        self._agent: SiteProcess | None = None
         self._cgroup: SiteCgroup | None = None
         self._app_exited: float | None = None
         self._next_output_check = 0.0
@@ -142,7 +146,7 @@ class LocalRunningSite:
         """The agent's exit code; a site whose app died or broke a limit fails here too."""
         if self._agent is None:
             return None
-        code = self._agent.process.poll()
+        code = self._agent.poll()
         if code is not None:
             if code != 0 and self._failure is None:
                 self._failure = self._limit_reason()
@@ -156,7 +160,7 @@ class LocalRunningSite:
                 self.stop()
                 return 1
         assert self._app is not None
-        app_code = self._app.process.poll()
+        app_code = self._app.poll()
         if app_code is None:
             return None
         self._app_exited = self._app_exited or now
@@ -200,7 +204,9 @@ class LocalRunningSite:
 
     # --- the two sandboxes -----------------------------------------------------------------
 
-    def _start_app(self, launch: AgentLaunch, on_line: LineSink) -> SandboxProcess:
+    def _copy_app(self) -> int | None:
+        """The step's own copy of the app and its output folder, given to the app's uid
+        (returned; None for an ordinary user, whose sites keep the user's)."""
         site, step = self._site, self._step
         shutil.copytree(step.app.app_dir, self._app_copy, symlinks=True)
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -208,6 +214,15 @@ class LocalRunningSite:
         if uid is not None:
             chown_tree(self._app_copy, uid)
             os.chown(self.output_dir, uid, uid)
+        return uid
+
+    def _network_pid(self) -> int | None:
+        """Whose network the agent joins: None for the site's holder."""
+        return None
+
+    def _start_app(self, launch: AgentLaunch, on_line: LineSink) -> SiteProcess:
+        site, step = self._site, self._step
+        uid = self._copy_app()
         fds: list[int] = []
         data: dict[str, int] = {}
         try:
@@ -258,7 +273,7 @@ class LocalRunningSite:
             thread_name=f"site-{site.name}-app",
         )
 
-    def _start_agent(self, launch: AgentLaunch, on_line: LineSink) -> SandboxProcess:
+    def _start_agent(self, launch: AgentLaunch, on_line: LineSink) -> SiteProcess:
         site = self._site
         uid = site.uids.agent if site.uids is not None else None
         launch_file = site.control_dir / "launch.json"
@@ -277,7 +292,7 @@ class LocalRunningSite:
         )
         argv = [sys.executable, "-m", "fedsim.agent", LAUNCH_FILE, TOKEN_FILE]
         return start_sandbox(
-            site.join_network(),
+            site.join_network(self._network_pid()),
             spec,
             argv,
             seccomp_filter=site.seccomp_filter,

@@ -97,6 +97,11 @@ class SandboxSpec:
     """False: stay in the network namespace bwrap is started in (the site's)."""
     tmp_bytes: int | None = None
     chdir: str = "/"
+    dirs: Sequence[str] = ()
+    """Empty folders made inside (mount points for what a fork-server's child binds)."""
+    sets_up_sites: bool = False
+    """The command is a fork-server (``sites/forkserver.py``): it keeps every capability
+    bwrap can give and drops them itself, so no ``setpriv`` and no uid even as root."""
 
 
 def _system_binds() -> list[str]:
@@ -175,7 +180,7 @@ def build_command(spec: SandboxSpec, argv: list[str], info_fd: int | None = None
     sandbox at ``/proc/1/environ`` when the sandbox shares its uid.
     """
     root = running_as_root()
-    if root and spec.uid is None:
+    if root and spec.uid is None and not spec.sets_up_sites:
         raise SandboxError("a sandbox started as root needs the site's own uid")
     uid = spec.uid if root and spec.uid is not None else os.getuid()
     args = [
@@ -206,6 +211,8 @@ def build_command(spec: SandboxSpec, argv: list[str], info_fd: int | None = None
     ]
     if spec.seccomp_fd is not None:
         args += ["--seccomp", str(spec.seccomp_fd)]
+    if spec.sets_up_sites:
+        args += ["--cap-add", "ALL"]
     for path in _minimal_cover(spec.runtime_dirs):
         if not any(path.is_relative_to(d) for d in SYSTEM_DIRS):
             args += [*_parents_open(path), "--ro-bind", str(path), str(path)]
@@ -214,9 +221,23 @@ def build_command(spec: SandboxSpec, argv: list[str], info_fd: int | None = None
         args += [str(bind.source), bind.dest]
     for dest, host_path in spec.sockets.items():
         args += [*_parents_open(Path(dest)), "--bind", str(host_path), dest]
+    # a fork-server's children mount over its files: a file, not a bind of an unlinked one
+    data = "--file" if spec.sets_up_sites else "--ro-bind-data"
     for dest, fd in spec.data_fds.items():
-        args += [*_parents_open(Path(dest)), "--perms", "0444", "--ro-bind-data", str(fd), dest]
+        args += [*_parents_open(Path(dest)), "--perms", "0444", data, str(fd), dest]
+    for path in spec.dirs:
+        args += [*_parents_open(Path(path)), "--perms", "0755", "--dir", path]
     args += ["--remount-ro", "/etc"]  # an ordinary user's sandbox could write its own tmpfs
+    for key, value in sandbox_env(spec.env).items():
+        args += ["--setenv", key, value]
+    args += ["--chdir", spec.chdir, "--"]
+    if root and not spec.sets_up_sites:
+        args += setpriv_prefix(uid)
+    return [*args, *argv]
+
+
+def sandbox_env(extra: Mapping[str, str]) -> dict[str, str]:
+    """The whole environment of a site's process: a few host variables, fixed ones, ``extra``."""
     env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
     env.update(
         {
@@ -227,10 +248,5 @@ def build_command(spec: SandboxSpec, argv: list[str], info_fd: int | None = None
             "PYTHONDONTWRITEBYTECODE": "1",
         }
     )
-    env.update(spec.env)
-    for key, value in env.items():
-        args += ["--setenv", key, value]
-    args += ["--chdir", spec.chdir, "--"]
-    if root:
-        args += setpriv_prefix(uid)
-    return [*args, *argv]
+    env.update(extra)
+    return env

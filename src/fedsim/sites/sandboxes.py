@@ -18,7 +18,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
 from fedsim.processes import spawn_line_reader
 from fedsim.sites.applines import AppLevels, StatusPolls
@@ -65,6 +65,17 @@ def _read_info(fd: int) -> int | None:
     return json.loads(text)["child-pid"] if text.strip() else None
 
 
+class SiteProcess(Protocol):
+    """What a step holds of its app or agent: a sandbox, or an app a fork-server forked."""
+
+    init_pid: int | None
+    """The pid 1 of the process's pid namespace, as this machine sees it."""
+
+    def poll(self) -> int | None: ...
+
+    def kill(self) -> None: ...
+
+
 @dataclass
 class SandboxProcess:
     """One bwrap process tree: its outer process and the pid 1 inside."""
@@ -85,9 +96,10 @@ class SandboxProcess:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-        self.reader.join(timeout=5)
-        if not self.reader.is_alive() and self.process.stdout is not None:
-            self.process.stdout.close()  # read to its end; a run of many steps keeps no pipe
+        self.reader.join(timeout=5)  # it closes the pipe: a run of many steps keeps none
+
+    def poll(self) -> int | None:
+        return self.process.poll()
 
 
 def start_sandbox(
@@ -119,22 +131,27 @@ def start_sandbox(
         for fd in (info_write, seccomp, *fds):
             os.close(fd)
     init_pid = _read_info(info_read)
-    return SandboxProcess(process, init_pid, start_reader(process, on_line, tag, thread_name))
+    assert process.stdout is not None
+    reader = start_reader(process.stdout, on_line, tag, thread_name)
+    return SandboxProcess(process, init_pid, reader)
 
 
 def start_reader(
-    process: subprocess.Popen[str], on_line: LineSink, tag: str | None, name: str
+    stream: IO[str], on_line: LineSink, tag: str | None, name: str
 ) -> threading.Thread:
-    """A thread handing each line ``process`` prints to ``on_line`` (see ``start_sandbox``
-    for ``tag``), for as long as it prints."""
-    reader = threading.Thread(target=_pump, args=(process, on_line, tag), name=name, daemon=True)
+    """A thread handing each line a process prints on ``stream`` to ``on_line`` (see
+    ``start_sandbox`` for ``tag``), for as long as it prints; it closes the stream at the end."""
+    reader = threading.Thread(target=_pump, args=(stream, on_line, tag), name=name, daemon=True)
     reader.start()
     return reader
 
 
-def _pump(process: subprocess.Popen[str], on_line: LineSink, tag: str | None) -> None:
-    stream: IO[str] | None = process.stdout
-    assert stream is not None
+def _pump(stream: IO[str], on_line: LineSink, tag: str | None) -> None:
+    with stream:
+        _read_lines(stream, on_line, tag)
+
+
+def _read_lines(stream: IO[str], on_line: LineSink, tag: str | None) -> None:
     if tag is None:
         for line in stream:
             on_line(line)

@@ -47,8 +47,10 @@ class UidBlock:
     """Holds one block of uids for as long as the run lasts (``close`` gives it back)."""
 
     def __init__(self, sites: int) -> None:
-        if 2 * sites > BLOCK_SIZE:
-            raise SandboxError(f"at most {BLOCK_SIZE // 2} sites per run when running as root")
+        if 2 * sites >= BLOCK_SIZE:
+            raise SandboxError(
+                f"at most {(BLOCK_SIZE - 1) // 2} sites per run when running as root"
+            )
         LOCK_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
         used = _uids_in_use()
         for block in range(BLOCKS):
@@ -68,6 +70,11 @@ class UidBlock:
 
     def site(self, index: int) -> SiteUids:
         return SiteUids(app=self.start + 2 * index, agent=self.start + 2 * index + 1)
+
+    @property
+    def server(self) -> int:
+        """The uid of the run's fork-servers (``forkserver.py``): the block's last, no site's."""
+        return self.start + BLOCK_SIZE - 1
 
     def close(self) -> None:
         if self._handle is not None:

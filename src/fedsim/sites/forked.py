@@ -1,0 +1,121 @@
+"""A local site whose apps a fork-server forks (``forkserver.py``); its agents start as in
+``local_step.py`` and join the network the forked app made.
+
+The site's app copies and inputs live under the run's fork folder, which the fork-server
+sees with the run directory's site folders (the outputs); the agent's token and launch file
+stay in the site's control folder outside both.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from fedsim.sites.base import AgentLaunch, AppBundle, LineSink, SiteStep
+from fedsim.sites.forkserver import ForkServer
+from fedsim.sites.limits import Limits, rlimits
+from fedsim.sites.local import LocalPlacement
+from fedsim.sites.local_step import LocalRunningSite, SiteContext
+from fedsim.sites.sandbox import identity_files, sandbox_env
+from fedsim.sites.sandboxes import SiteProcess
+from fedsim.sites.uids import SiteUids
+
+ServerOf = Callable[[AppBundle], ForkServer]
+"""The run's fork-server for an app's environment (started on first use)."""
+
+
+class ForkedRunningSite(LocalRunningSite):
+    """A step whose app is forked; ``app_copy``'s folder is ``<site>/step-N`` of the fork
+    folder, holding ``input`` and ``app``; the output folder is in the run directory."""
+
+    def __init__(
+        self, site: SiteContext, step: SiteStep, input_dir: Path, app_copy: Path, server: ServerOf
+    ) -> None:
+        super().__init__(site, step, input_dir, app_copy)
+        self._server = server
+
+    def _network_pid(self) -> int | None:
+        assert self._app is not None and self._app.init_pid is not None
+        return self._app.init_pid
+
+    def _start_app(self, launch: AgentLaunch, on_line: LineSink) -> SiteProcess:
+        site, step = self._site, self._step
+        uid = self._copy_app()
+        server = self._server(step.app)
+        identity = identity_files(site.name, uid if uid is not None else os.getuid())
+        request = {
+            "hostname": site.name,
+            "dir": f"{self._app_copy.parent.parent.name}/{self._app_copy.parent.name}",
+            "output": str(self.output_dir.resolve().relative_to(server.outputs_dir)),
+            "uid": uid,
+            "tmp_bytes": site.limits.tmp,
+            "identity": {Path(dest).name: text for dest, text in identity.items()},
+            "env": sandbox_env({"FEDSIM_SHORTEN_WAITS": "1" if launch.shorten_waits else "0"}),
+            "rlimits": rlimits(site.limits, self._cgroup),
+        }
+        fds = [] if step.env_file is None else [os.open(step.env_file, os.O_RDONLY)]
+        return server.spawn(
+            site.name,
+            request,
+            fds,
+            cgroup=self._cgroup,
+            on_line=on_line,
+            thread_name=f"site-{site.name}-app",
+        )
+
+
+class ForkedPlacement(LocalPlacement):
+    """One local site started from fork-servers: no network holder (each forked app makes
+    the site's network), its folders under the fork folder, its control folder apart."""
+
+    def __init__(
+        self,
+        name: str,
+        site_dir: Path,
+        *,
+        control_dir: Path,
+        server: ServerOf,
+        server_uid: int | None,
+        limits: Limits,
+        uids: SiteUids | None,
+        seccomp_filter: Path,
+        run_id: str,
+    ) -> None:
+        super().__init__(
+            name, site_dir, limits=limits, uids=uids, seccomp_filter=seccomp_filter, run_id=run_id
+        )
+        self._control = control_dir
+        self._server = server
+        self._server_uid = server_uid
+
+    def describe(self) -> dict[str, object]:
+        return {**super().describe(), "start": "fork"}
+
+    def prepare(self, app: AppBundle) -> None:
+        """The environment's fork-server starts here, with the run, so that its imports are
+        not a step's: a step's sites start as soon as the step does."""
+        super().prepare(app)
+        self._server(app)
+
+    def open(self) -> None:
+        self._dir.mkdir(mode=0o700)
+        if self._server_uid is not None:
+            os.chown(self._dir, self._server_uid, self._server_uid)
+        self._control.mkdir(parents=True, mode=0o700)
+        self._context = SiteContext(
+            name=self.name,
+            control_dir=self._control,
+            holder_pid=None,
+            limits=self._limits,
+            uids=self._uids,
+            seccomp_filter=self._seccomp,
+            run_id=self._run_id,
+        )
+
+    def _running_site(self, step: SiteStep) -> LocalRunningSite:
+        assert self._context is not None
+        step_dir = self._step_dir()
+        return ForkedRunningSite(
+            self._context, step, step_dir / "input", step_dir / "app", self._server
+        )

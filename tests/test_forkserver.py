@@ -1,0 +1,109 @@
+"""The fork-server that starts sites' apps (``sites/forkserver.py``), seen from the host while
+a run goes on: no one on the host, and nothing in its view that a site must not reach."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from fedsim.sites.uids import FIRST_UID
+from tests.test_isolation import ForkSites, make_site
+from tests.test_run_failures import start_hanging_run
+
+SECRETS = {"token", "launch.json", "relay.sock", "shadow"}
+"""Names of files that must not exist in the server's view."""
+
+
+def _children(root: int) -> dict[int, str]:
+    """pid -> command line of every process below ``root``."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError):
+                continue
+    found, todo = {}, [root]
+    while todo:
+        pid = todo.pop()
+        for child, parent in parents.items():
+            if parent == pid:
+                todo.append(child)
+                try:
+                    found[child] = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ")
+                except OSError:
+                    continue
+    return {pid: args.decode(errors="replace") for pid, args in found.items()}
+
+
+def _uids(pid: int) -> set[int]:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Uid:"):
+            return {int(u) for u in line.split()[1:]}
+    raise AssertionError(f"no Uid line for {pid}")
+
+
+def _names_in_view(pid: int, env: Path) -> set[str]:
+    """File names in the process's mount namespace, outside the system and the app's
+    environment (which hold only what is installed there)."""
+    root = Path(f"/proc/{pid}/root")
+    skipped = {root / d for d in ("proc", "sys", "dev", "usr", "etc")} | {
+        root / env.relative_to("/")
+    }
+    names: set[str] = set()
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if Path(folder, d) not in skipped]
+        names.update(files)
+    return names
+
+
+def test_the_fork_server_is_no_one_on_the_host_and_sees_no_token_or_relay(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, app_environment: Path
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("as an ordinary user the server is that user (checked by the hostile apps)")
+    monkeypatch.setenv("FEDSIM_SITE_START", "fork")
+    process, _run_dir, _temp = start_hanging_run(tmp_path)
+    try:
+        below = _children(process.pid)
+        servers = [
+            pid
+            for pid, args in below.items()
+            if "forkserver_main.py" in args and not args.startswith("/usr/bin/bwrap")
+        ]
+        assert len(servers) == 1, below
+        server = servers[0]
+        (server_uid,) = _uids(server)
+        assert server_uid >= FIRST_UID, "the fork-server runs as root or a real account"
+        assert os.readlink(f"/proc/{server}/ns/user") != os.readlink("/proc/self/ns/user")
+        names = _names_in_view(server, app_environment)
+        assert "config.yml" in names  # it does see the sites' inputs (which it binds)
+        assert not SECRETS & names, f"the fork-server sees {SECRETS & names}"
+        inits = [pid for pid, args in below.items() if args.startswith("fedsim-site ")]
+        assert len(inits) == 2, below
+        site_uids = [_uids(pid) for pid in inits]
+        assert all(len(u) == 1 and server_uid not in u and 0 not in u for u in site_uids)
+        assert site_uids[0] != site_uids[1], "two sites share a uid"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=60)
+    assert not [args for args in _children(os.getpid()).values() if "forkserver_main" in args]
+
+
+def test_a_forked_app_stopped_twice_closes_nothing_of_anyone_else(tmp_path: Path) -> None:
+    """A step is stopped more than once (by its poll, then by its placement): the second time
+    must not close a descriptor number that something else has taken meanwhile."""
+    forked = ForkSites(tmp_path)
+    try:
+        app, _lines = forked._spawn(make_site(tmp_path, "site-a"), "import time; time.sleep(60)")
+        app.kill()
+        read, write = os.pipe()  # likely the numbers the first kill gave back
+        app.kill()
+        os.fstat(read), os.fstat(write)  # still open
+        os.close(read), os.close(write)
+    finally:
+        forked.server.close()
