@@ -17,6 +17,7 @@ from fedsim.cli import (
     report_cmd,
     run_cmd,
     split_cmd,
+    vm_cmd,
 )
 
 app = typer.Typer(
@@ -80,3 +81,11 @@ fc = typer.Typer(
 for name, command in fc_cmd.COMMANDS.items():
     fc.command(name)(handles_errors(command))
 app.add_typer(fc, name="fc")
+
+vm = typer.Typer(
+    help='The VMs of a config\'s location = "vagrant" sites, and the box they boot.',
+    no_args_is_help=True,
+)
+for name, command in vm_cmd.COMMANDS.items():
+    vm.command(name)(handles_errors(command))
+app.add_typer(vm, name="vm")
