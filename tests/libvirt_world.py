@@ -145,9 +145,10 @@ class LibvirtWorld:
         """Every process of the world killed, its namespace and folder removed; what could
         not be removed, or None."""
         problem = delete_netns(self.namespace, time.monotonic() + STOP_TIMEOUT)
-        if self._holder is not None:
+        holder, self._holder = self._holder, None
+        if holder is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
-                self._holder.wait(timeout=STOP_TIMEOUT)
+                holder.communicate(timeout=STOP_TIMEOUT)  # reaped, its pipes closed
         shutil.rmtree(self.folder, ignore_errors=True)
         return problem
 
