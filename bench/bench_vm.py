@@ -1,11 +1,12 @@
 """The three-site mean on VMs (Vagrant, libvirt) next to local and SSH sites, in one session.
 
-What a VM site costs: the box build (cold only when the box is missing or --build-box),
-``fedsim vm up`` for three VMs, provisioning cold (fresh VMs) and warm (the same VMs again,
-measured as ``fedsim run`` on them minus nothing: a warm run provisions nothing), and the
-mean run on VMs, local sites and SSH sites (the tests' sshd hosts), taken alternately so load
-weighs on all alike. The VMs run under the tests' libvirtd (``tests/libvirt_world.py``),
-software-emulated (``driver = "qemu"``) unless --driver kvm.
+What a VM site costs: the box build (only when the box is missing, or with --build-box),
+``fedsim vm up`` for three VMs (and again, when they run), provisioning cold (the first run on
+fresh VMs minus the median of the later runs, which provision nothing: warm provisioning is
+their check that every environment is there), and the mean on VMs, local sites and SSH sites
+(the tests' sshd hosts), taken alternately so that load weighs on all alike. The VMs run
+under the tests' libvirtd (``tests/libvirt_world.py``), software-emulated (``driver =
+"qemu"``) unless --driver kvm.
 
 Run as root: .venv/bin/python bench/bench_vm.py [--repeat N] [--build-box] [--driver qemu]
 Writes bench/results/vm.json. Only loopback and the script's own namespaces are used (the
@@ -27,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.bench_ssh import timed  # noqa: E402
 from fedsim.appenv import cache_root, ensure_app_env  # noqa: E402
 from fedsim.sites.wheelhouse import agent_wheelhouse, app_wheelhouse  # noqa: E402
 from tests.libvirt_world import libvirt_world  # noqa: E402
@@ -35,15 +37,6 @@ from tests.sshd_hosts import ssh_network  # noqa: E402
 
 DATA = ROOT / "examples" / "mean" / "data"
 SITES = ("site-a", "site-b", "site-c")
-
-
-def timed(argv: list[str], env: dict[str, str]) -> float:
-    start = time.monotonic()
-    result = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
-    elapsed = time.monotonic() - start
-    if result.returncode != 0:
-        raise SystemExit(f"{' '.join(argv[-4:])} failed:\n{result.stderr[-3000:]}")
-    return elapsed
 
 
 def main() -> None:
