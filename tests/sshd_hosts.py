@@ -64,7 +64,9 @@ class SshHostsError(RuntimeError):
     """Setting up or tearing down the test hosts failed (with what the commands said)."""
 
 
-def _run(*argv: str, timeout: float = 30, check: bool = True) -> subprocess.CompletedProcess[str]:
+def run_command(
+    *argv: str, timeout: float = 30, check: bool = True
+) -> subprocess.CompletedProcess[str]:
     """A set-up command, its output captured so a failure says what went wrong."""
     result = subprocess.run(
         argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
@@ -81,10 +83,10 @@ _prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: after fork, 
 
 def _keygen(path: Path, comment: str) -> None:
     """An ed25519 key pair without passphrase: made per test, never the machine's keys."""
-    _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path))
+    run_command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path))
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Runs in the child before exec: if the test's process dies (even by SIGKILL), so does
     the child, so no sshd outlives a killed pytest (its namespaces are swept on the next run)."""
     _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
@@ -98,7 +100,7 @@ def _netns_inode(name: str) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-def _pids_in_netns(name: str) -> list[int]:
+def pids_in_netns(name: str) -> list[int]:
     """Processes whose network namespace is ``name`` (what ``ip netns pids`` reports)."""
     ident = _netns_inode(name)
     if ident is None:
@@ -156,7 +158,7 @@ def _empty_netns(name: str, deadline: float) -> list[int]:
     counted: it runs nothing and holds nothing, and its parent or init reaps it.
     """
     while True:
-        pids = _pids_in_netns(name)
+        pids = pids_in_netns(name)
         if not pids or time.monotonic() > deadline:
             return pids
         for pid in pids:
@@ -164,14 +166,14 @@ def _empty_netns(name: str, deadline: float) -> list[int]:
         time.sleep(0.05)
 
 
-def _delete_netns(name: str, deadline: float) -> str | None:
+def delete_netns(name: str, deadline: float) -> str | None:
     """Kill what runs in netns ``name``, then delete it; an error message or None."""
     left = _empty_netns(name, deadline)
     if left:
         return f"netns {name}: processes {left} still running after SIGKILL"
     if _netns_inode(name) is None:
         return None
-    result = _run("ip", "netns", "delete", name, check=False)
+    result = run_command("ip", "netns", "delete", name, check=False)
     if result.returncode != 0 and _netns_inode(name) is not None:
         return f"ip netns delete {name}: {result.stderr.strip()}"
     return None
@@ -185,7 +187,7 @@ def sweep_stale() -> None:
     for name in names:
         match = re.fullmatch(rf"{PREFIX}(\d+)-.*", name)
         if match and not _alive(int(match.group(1))):
-            _delete_netns(name, time.monotonic() + STOP_TIMEOUT)
+            delete_netns(name, time.monotonic() + STOP_TIMEOUT)
     for folder in Path(tempfile.gettempdir()).glob(f"{FOLDER_PREFIX}*"):
         match = re.fullmatch(rf"{FOLDER_PREFIX}(\d+)-.*", folder.name)
         if match and not _alive(int(match.group(1))):
@@ -304,7 +306,7 @@ class SshHost:
         """The host vanishes: its end of the link goes down, so whatever the hub sends it is
         dropped without a word (no RST, no FIN, no ICMP), as when a machine loses power or a
         cable. Established sessions hang until a keepalive or timeout gives up on them."""
-        _run("ip", "-n", self.namespace, "link", "set", self.link, "down")
+        run_command("ip", "-n", self.namespace, "link", "set", self.link, "down")
 
     def restore_link(self) -> None:
         """The host is back on the same address; returns once the hub sees the carrier.
@@ -312,12 +314,12 @@ class SshHost:
         Both sides forget their failed address resolution: an entry still resolving when the
         link came back could otherwise fail the first new connection with "No route to host".
         """
-        _run("ip", "-n", self.namespace, "link", "set", self.link, "up")
-        _run("ip", "-n", self.hub, "neigh", "flush", "dev", self.hub_link)
-        _run("ip", "-n", self.namespace, "neigh", "flush", "dev", self.link)
+        run_command("ip", "-n", self.namespace, "link", "set", self.link, "up")
+        run_command("ip", "-n", self.hub, "neigh", "flush", "dev", self.hub_link)
+        run_command("ip", "-n", self.namespace, "neigh", "flush", "dev", self.link)
         deadline = time.monotonic() + START_TIMEOUT
         while True:
-            out = _run("ip", "-n", self.hub, "-o", "link", "show", self.hub_link).stdout
+            out = run_command("ip", "-n", self.hub, "-o", "link", "show", self.hub_link).stdout
             if "LOWER_UP" in out:
                 return
             if time.monotonic() > deadline:
@@ -373,8 +375,8 @@ class SshNetwork:
         """Create netns ``name`` with loopback up, IPv6 off and no forwarding: a new netns
         copies IPv4 settings (ip_forward among them) from the machine's, so say them."""
         self.namespaces.append(name)  # before creating: a half-made one is torn down too
-        _run("ip", "netns", "add", name)
-        _run(
+        run_command("ip", "netns", "add", name)
+        run_command(
             "ip",
             "netns",
             "exec",
@@ -386,7 +388,7 @@ class SshNetwork:
             "net.ipv6.conf.all.disable_ipv6=1",
             "net.ipv6.conf.default.disable_ipv6=1",
         )
-        _run("ip", "-n", name, "link", "set", "lo", "up")
+        run_command("ip", "-n", name, "link", "set", "lo", "up")
 
     def _link(self, host: NetHost) -> None:
         """``host``'s namespace made and joined to the hub by a link of its own."""
@@ -394,14 +396,14 @@ class SshNetwork:
         self._add_netns(namespace)
         hub, link = host.hub_link, host.link
         veth = ["type", "veth", "peer", "name", link, "netns", namespace]
-        _run("ip", "-n", self.hub, "link", "add", hub, *veth)
-        _run("ip", "-n", self.hub, "addr", "add", f"{host.hub_address}/30", "dev", hub)
-        _run("ip", "-n", namespace, "addr", "add", f"{host.address}/30", "dev", link)
-        _run("ip", "-n", self.hub, "link", "set", hub, "up")
-        _run("ip", "-n", namespace, "link", "set", link, "up")
+        run_command("ip", "-n", self.hub, "link", "add", hub, *veth)
+        run_command("ip", "-n", self.hub, "addr", "add", f"{host.hub_address}/30", "dev", hub)
+        run_command("ip", "-n", namespace, "addr", "add", f"{host.address}/30", "dev", link)
+        run_command("ip", "-n", self.hub, "link", "set", hub, "up")
+        run_command("ip", "-n", namespace, "link", "set", link, "up")
         # Anything that arrives from a host and is not for the hub itself (the local
         # table, pref 0, answers that first) is refused, whatever ip_forward says.
-        _run("ip", "-n", self.hub, "rule", "add", "pref", "100", "iif", hub, "prohibit")
+        run_command("ip", "-n", self.hub, "rule", "add", "pref", "100", "iif", hub, "prohibit")
 
     def add_plain_hosts(self, n: int) -> list[NetHost]:
         """``n`` namespaces without sshd, each routed to every address of the hub (so one
@@ -423,7 +425,9 @@ class SshNetwork:
                 )
                 self.plain_hosts.append(host)
                 self._link(host)
-                _run("ip", "-n", host.namespace, "route", "add", "default", "via", host.hub_address)
+                run_command(
+                    "ip", "-n", host.namespace, "route", "add", "default", "via", host.hub_address
+                )
                 new.append(host)
         except BaseException:
             self.close()
@@ -545,7 +549,7 @@ exec {SSHD} -D -e -f {inside}/sshd_config
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
         finally:
             log.close()
@@ -596,7 +600,7 @@ exec {SSHD} -D -e -f {inside}/sshd_config
         # run with ip netns exec), and the namespaces themselves, the hub last.
         for name in [*self.namespaces[1:], *self.namespaces[:1]]:
             try:
-                problem = _delete_netns(name, deadline)
+                problem = delete_netns(name, deadline)
             except Exception as e:  # keep going: every namespace gets its chance
                 problem = f"netns {name}: {e!r}"
             if problem:

@@ -6,7 +6,9 @@ twenty sites knows which line to fix; all problems are reported at once, not one
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import ipaddress
 import json
 import math
 import os
@@ -212,6 +214,9 @@ class SshTarget:
     key: Path | None = None
     workdir: str = DEFAULT_WORKDIR
     accept_new: bool = False
+    known_hosts: Path | None = None
+    """The one known_hosts file for this host (a VM's, kept by fedsim); default: the files
+    ``~/.ssh/config`` names, else ``~/.ssh/known_hosts``."""
 
     @property
     def address(self) -> str:
@@ -226,13 +231,13 @@ def parse_location(value: str) -> tuple[str, str | None, int | None] | None:
 
     Raises ValueError saying what is wrong: any scheme but ssh, a password, a path, a bad
     port."""
-    if value in ("local", DASK_LOCATION):
+    if value in ("local", DASK_LOCATION, VAGRANT_LOCATION):
         return None
     scheme, sep, _ = value.partition("://")
     if not sep:
         raise ValueError(
-            f'{_as_toml(value)} is not a location: give "ssh://[USER@]HOST[:PORT]" '
-            'or "dask" or "local" (or leave location out)'
+            f'{_as_toml(value)} is not a location: give "ssh://[USER@]HOST[:PORT]", '
+            '"vagrant", "dask" or "local" (or leave location out)'
         )
     if scheme != "ssh":
         raise ValueError(
@@ -253,6 +258,8 @@ def parse_location(value: str) -> tuple[str, str | None, int | None] | None:
 
 DASK_LOCATION = "dask"
 """A site's ``location`` that places it on a worker of the ``[dask]`` table's cluster."""
+VAGRANT_LOCATION = "vagrant"
+"""A site's ``location`` that gives it a VM of its own, made by Vagrant (``[vagrant]``)."""
 DASK_SCHEDULER = re.compile(
     r"tcp://(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(?P<port>[0-9]{1,5})"
 )
@@ -318,6 +325,47 @@ class DaskConfig(BaseModel):
     @property
     def relay_bind(self) -> tuple[str, int]:
         return parse_host_port(self.relay_address, "an address for the relay")
+
+
+def _check_vm_network(value: str) -> str:
+    """A private IPv4 range, cut into one /30 per VM (its own libvirt network)."""
+    try:
+        network = ipaddress.IPv4Network(value)
+    except ValueError as exc:
+        raise ValueError(
+            f'{_as_toml(value)} is not an IPv4 range such as "10.77.0.0/24": {exc}'
+        ) from None
+    if not network.is_private or network.prefixlen > 30:
+        raise ValueError(
+            f"{_as_toml(value)}: give a private range (10/8, 172.16/12, 192.168/16) of at least "
+            "4 addresses (/30): each VM gets a /30 of its own"
+        )
+    return str(network)
+
+
+class VagrantConfig(BaseModel):
+    """The VMs of the sites with ``location = "vagrant"``: one VM per site, made by Vagrant
+    with the libvirt provider, then reached over SSH like an ``ssh://`` site. The ``network``
+    names the set of VMs: configs with the same network and site names share the VMs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    box: StrictStr = "fedsim/debian12"
+    """The box (``fedsim vm build-box`` makes the default one, offline-ready)."""
+    cpus: Annotated[int, Strict(), Field(gt=0, le=64)] = 1
+    memory: Annotated[int, Strict(), Field(ge=256)] = 1024
+    """MiB per VM."""
+    driver: Literal["kvm", "qemu"] = "kvm"
+    """``qemu``: software emulation, for machines where KVM does not run guests."""
+    cpu_model: StrictStr | None = None
+    """A QEMU CPU model (``Nehalem``, ``qemu64``); default the host's with kvm, Nehalem with
+    qemu."""
+    network: StrictStr = "10.77.0.0/24"
+    """A private IPv4 range: VM number N (in the config's order) gets the /30 number N,
+    its own isolated libvirt network (the host at .1, the VM at .2)."""
+    after_run: Literal["keep", "suspend", "destroy"] = "keep"
+
+    _network = field_validator("network", mode="after")(_check_vm_network)
 
 
 def _check_location(value: str | None) -> str | None:
@@ -549,6 +597,8 @@ class RunConfig(BaseModel):
     """With ``platform = "featurecloud"``: reuse this project of the coordinator's."""
     dask: DaskConfig | None = None
     """The cluster of the sites with ``location = "dask"``."""
+    vagrant: VagrantConfig | None = None
+    """The VMs of the sites with ``location = "vagrant"`` (default settings if left out)."""
     sites: Annotated[list[SiteConfig], Field(min_length=1)]
 
     @field_validator("app", mode="after")
@@ -690,6 +740,7 @@ def _cross_field_faults(raw: dict[str, Any], info: ValidationInfo) -> Iterator[t
     yield from _injected_fault_faults(raw, names, len(steps) if has_steps else 1)
     yield from _featurecloud_faults(raw, sites)
     yield from _dask_faults(raw, sites)
+    yield from _vagrant_faults(raw, sites)
 
     yield from _output_dir_faults(raw, steps, sites, info)
     yield from _tolerance_faults(raw, steps, info)
@@ -780,6 +831,32 @@ def _dask_faults(
                 ("sites", i, "location"),
                 'platform = "featurecloud" runs a participant\'s client at its site over SSH or '
                 "on this machine; a Dask worker has no way to run it",
+            )
+
+
+def _vagrant_faults(
+    raw: dict[str, Any], sites: list[tuple[int, dict[str, Any]]]
+) -> Iterator[tuple[Loc, str]]:
+    """The table means nothing without VM sites; the range must hold a /30 per VM."""
+    table = raw.get("vagrant")
+    vms = [i for i, site in sites if site.get("location") == VAGRANT_LOCATION]
+    if isinstance(table, dict) and not vms:
+        yield ("vagrant",), 'only with sites whose location = "vagrant"'
+    network = table.get("network") if isinstance(table, dict) else None
+    if isinstance(network, str):
+        with contextlib.suppress(ValueError):
+            room = ipaddress.IPv4Network(network).num_addresses // 4
+            if 0 < room < len(vms):
+                yield (
+                    ("vagrant", "network"),
+                    f"{_as_toml(network)} holds {room} VM{'s' if room != 1 else ''} (a /30 "
+                    f"each); the config has {len(vms)}",
+                )
+    if raw.get("platform") == "featurecloud":
+        for i in vms:
+            yield (
+                ("sites", i, "location"),
+                'platform = "featurecloud" runs local sites only so far',
             )
 
 

@@ -4,6 +4,7 @@
     ├── ConfigError      the config (or a file it names) is wrong; nothing was started
     ├── EnvironmentBuildError  the app's environment could not be built
     ├── SandboxError     this machine cannot build a site sandbox (missing bwrap, ...)
+    │   └── VmError      Vagrant could not build, start or describe a site's VM
     ├── SiteUnreachable  a site's host cannot be reached or logged into over SSH
     │   └── HostKeyError the host's key is unknown (and not to be trusted) or changed
     ├── PlatformError    featurecloud.ai or a FeatureCloud controller answered unexpectedly,
@@ -62,6 +63,11 @@ class EnvironmentBuildError(FedsimError):
 
 class SandboxError(FedsimError):
     exit_code = ExitCode.SANDBOX
+
+
+class VmError(SandboxError):
+    """A site's VM (or the box it is made from) could not be built, started, stopped or
+    described; the message holds the end of what Vagrant or the box build said."""
 
 
 class SiteUnreachable(FedsimError):

@@ -17,6 +17,7 @@ from fedsim.cli import (
     report_cmd,
     run_cmd,
     split_cmd,
+    vm_cmd,
 )
 
 app = typer.Typer(
@@ -73,10 +74,18 @@ for module in (
     for name, command in module.COMMANDS.items():
         app.command(name)(handles_errors(command))
 
-fc = typer.Typer(
-    help="Drive featurecloud.ai as one user, with that user's own .env.",
-    no_args_is_help=True,
+
+def _group(name: str, help: str, commands: dict[str, Callable[..., Any]]) -> None:
+    """``fedsim NAME COMMAND``: a group of commands under one word."""
+    group = typer.Typer(help=help, no_args_is_help=True)
+    for command_name, command in commands.items():
+        group.command(command_name)(handles_errors(command))
+    app.add_typer(group, name=name)
+
+
+_group("fc", "Drive featurecloud.ai as one user, with that user's own .env.", fc_cmd.COMMANDS)
+_group(
+    "vm",
+    'The VMs of a config\'s location = "vagrant" sites, and the box they boot.',
+    vm_cmd.COMMANDS,
 )
-for name, command in fc_cmd.COMMANDS.items():
-    fc.command(name)(handles_errors(command))
-app.add_typer(fc, name="fc")

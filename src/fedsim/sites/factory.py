@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from fedsim.config import DASK_LOCATION
+from fedsim.config import DASK_LOCATION, VAGRANT_LOCATION
 from fedsim.sites.base import Placement
 from fedsim.sites.group import SiteGroup
 
@@ -43,18 +43,27 @@ def _dask(config: RunConfig, sites: Sequence[SiteConfig], workdir: Path, run_id:
     return DaskFamily(config, sites, workdir, run_id)
 
 
+def _vagrant(config: RunConfig, sites: Sequence[SiteConfig], workdir: Path, run_id: str) -> Family:
+    from fedsim.sites.vagrant import VagrantFamily
+
+    return VagrantFamily(config, sites, workdir, run_id)
+
+
 KINDS: dict[str, Callable[[RunConfig, Sequence[SiteConfig], Path, str], Family]] = {
     "local": _local,
     "ssh": _ssh,
     "dask": _dask,
+    "vagrant": _vagrant,
 }
 
 
 def site_kind(site: SiteConfig) -> str:
     """Where the config puts a site: ``ssh`` for an ``ssh://`` location, ``dask`` for a
-    worker of the ``[dask]`` cluster, else local."""
+    worker of the ``[dask]`` cluster, ``vagrant`` for a VM of its own, else local."""
     if site.location == DASK_LOCATION:
         return "dask"
+    if site.location == VAGRANT_LOCATION:
+        return "vagrant"
     return "ssh" if site.ssh is not None else "local"
 
 

@@ -167,7 +167,11 @@ async def connect(
 
     ``ssh_config``: the OpenSSH client config files to read (default ``~/.ssh/config`` if
     it exists), for aliases, users, ports and keys, as ``ssh`` would."""
-    files = _known_hosts_files(target, ssh_config)
+    files = (
+        [target.known_hosts]
+        if target.known_hosts is not None
+        else _known_hosts_files(target, ssh_config)
+    )
     verdict = _HostKeyVerdict(known_hosts=_read_known_hosts(files), accept_new=target.accept_new)
     kwargs: dict[str, Any] = {
         "port": target.port if target.port is not None else (),
