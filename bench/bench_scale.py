@@ -1,6 +1,7 @@
 """How a run grows with its number of sites: wall time and the whole process tree's memory.
 
-For each N: N local sites of the mean app (1000 x 10 rows per site, waits shortened), timed
+For each N: N local sites of the mean app (1000 x 10 rows per site, waits shortened), their
+apps forked from the fork-server and (for comparison) each started as a fresh interpreter, timed
 from `fedsim run` to its exit, with the tree's resident (RSS) and proportional (PSS) memory
 sampled every half second (fedsim, relay, sandboxes, agents, apps: everything below the
 run's process); against the floor of N bare `python -c 'import numpy'` in the app's
@@ -29,6 +30,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tomli_w
@@ -101,12 +103,16 @@ def tree_memory(pids: list[int]) -> tuple[int, int]:
     return rss, pss
 
 
-def measure(argv: list[str], also: Sequence[int] = ()) -> tuple[dict[str, float], str]:
+def measure(
+    argv: list[str], also: Sequence[int] = (), env: dict[str, str] | None = None
+) -> tuple[dict[str, float], str]:
     """Wall seconds and peak tree memory of one command, and what it printed; with the
     trees of the processes ``also`` (where its sites live when they are not its children:
     a cluster's workers)."""
     start = time.monotonic()
-    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
     peak = [0, 0]
     done = threading.Event()
 
@@ -166,9 +172,37 @@ def floor(python: Path, n: int) -> float:
     return time.monotonic() - start
 
 
+def fedsim_run(folder: Path, config: Path, start: str, expected: np.ndarray) -> dict[str, float]:
+    """One measured ``fedsim run`` with its sites started the way ``start`` says."""
+    env = {**os.environ, "FEDSIM_SITE_START": start}
+    figures, printed = measure([sys.executable, "-m", "fedsim", "run", str(config)], env=env)
+    n = len(list((folder / "data").iterdir()))
+    for site in ("s0", f"s{n - 1}"):
+        check(f"fedsim ({start}) at {site}", fedsim_mean(run_dir(printed), site), expected)
+    return figures
+
+
+def cost_per_added_site(rows: list[dict[str, Any]], key: str) -> dict[str, float]:
+    """The slope between the two largest N: what one more site costs."""
+    a, b = rows[-2], rows[-1]
+    added = b["sites"] - a["sites"]
+    return {
+        "seconds": round((b[key]["wall_s"] - a[key]["wall_s"]) / added, 3),
+        "pss_mib": round((b[key]["pss_gib"] - a[key]["pss_gib"]) * 1024 / added, 1),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sites", type=int, nargs="+", default=[3, 10, 50, 100])
+    parser.add_argument(
+        "--start",
+        nargs="+",
+        choices=("fork", "exec"),
+        default=["fork", "exec"],
+        help="how sites' apps start: from the fork-server, or a fresh interpreter each "
+        "(the start-up before the fork-server)",
+    )
     parser.add_argument(
         "--flower-python", help="a Python with flwr[simulation] (default: this one, if it has it)"
     )
@@ -177,44 +211,39 @@ def main() -> None:
     flower = flower_python(args.flower_python)
     if flower is None:
         print("Flower is not installed here (pip install -e '.[bench]'): measuring fedsim only")
-    rows = []
+    rows: list[dict[str, Any]] = []
     for n in args.sites:
+        row: dict[str, Any] = {"sites": n}
         with tempfile.TemporaryDirectory(prefix="fedsim-scale-") as tmp:
             folder = Path(tmp)
             config = write_run(folder, n)
             expected = pooled_mean(folder, n)
-            run, printed = measure([sys.executable, "-m", "fedsim", "run", str(config)])
-            for site in ("s0", f"s{n - 1}"):
-                check(f"fedsim at {site}", fedsim_mean(run_dir(printed), site), expected)
-            row: dict[str, object] = {"sites": n, **run}
+            for start in args.start:
+                row[start] = fedsim_run(folder, config, start, expected)
             if flower is not None:
                 flwr, printed = measure([flower, str(FLOWER), str(folder / "data"), str(n)])
                 check("Flower", np.array(json.loads(printed.splitlines()[-1])["mean"]), expected)
                 row["flower"] = flwr
         bare = floor(python, n)
         row["floor_s"] = round(bare, 2)
-        row["wall_over_floor"] = round(run["wall_s"] / bare, 2)
         rows.append(row)
-        line = (
-            f"{n:>4} sites: {run['wall_s']:7.1f} s, RSS {run['rss_gib']:.2f} GiB, "
-            f"PSS {run['pss_gib']:.2f} GiB, floor {bare:.1f} s ({row['wall_over_floor']}x)"
-        )
-        if flower is not None:
-            line += (
-                f"; Flower {flwr['wall_s']:.1f} s ({flwr['wall_s'] / bare:.2f}x floor), "
-                f"PSS {flwr['pss_gib']:.2f} GiB"
+        for key in (*args.start, *(["flower"] if flower else [])):
+            figures = row[key]
+            figures["wall_over_floor"] = round(figures["wall_s"] / bare, 2)
+            print(
+                f"{n:>4} sites, {key:>6}: {figures['wall_s']:7.1f} s "
+                f"({figures['wall_over_floor']}x the floor of {bare:.1f} s), "
+                f"RSS {figures['rss_gib']:.2f} GiB, PSS {figures['pss_gib']:.2f} GiB",
+                flush=True,
             )
-        print(line, flush=True)
+    per_site = {}
     if len(rows) > 1:
-        a, b = rows[-2], rows[-1]
-        added = int(b["sites"]) - int(a["sites"])
-        per_site = {
-            "seconds": round((b["wall_s"] - a["wall_s"]) / added, 3),
-            "pss_mib": round((b["pss_gib"] - a["pss_gib"]) * 1024 / added, 1),
-        }
-        print(f"each added site: {per_site['seconds']} s, {per_site['pss_mib']} MiB PSS")
-    else:
-        per_site = {}
+        for key in (*args.start, *(["flower"] if flower else [])):
+            per_site[key] = cost_per_added_site(rows, key)
+            print(
+                f"each added site, {key}: {per_site[key]['seconds']} s, "
+                f"{per_site[key]['pss_mib']} MiB PSS"
+            )
     out = ROOT / "bench" / "results" / "scale.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"rows": rows, "per_added_site": per_site}, indent=2) + "\n")
