@@ -522,6 +522,8 @@ class Run:
         coordinator = step.sites[self.config.coordinator.name]
         coordinator_done: float | None = None
         last_exit = time.time()
+        if step.relay_state is not None and step.relay_state.faults is not None:
+            step.relay_state.faults.start_clock(last_exit)
         while True:
             now = time.time()
             for rec in step.sites.values():

@@ -45,7 +45,7 @@ class Fault:
 
     def trigger(self) -> str:
         if self.at is not None:
-            return f"{self.at:g} s into the step"
+            return f"{self.at:g} s after the step's sites started"
         if self.memo is not None:
             return f"its first message with memo {self.memo!r}"
         return f"after {self.after_messages} message{'' if self.after_messages == 1 else 's'}"
@@ -96,6 +96,12 @@ class FaultPlan:
             for name in self._sites
             if name != fault.site
         }
+
+    def start_clock(self, now: float) -> None:
+        """Time triggers count from here, when every site of the step has started: on a
+        busy machine or with many sites, starting them alone can take longer than a fault's
+        ``at``, and a fault meant for the analysis would hit a site still starting."""
+        self.started = now
 
     def tick(self, now: float | None = None) -> None:
         """Fire the faults whose time has come."""
