@@ -4,16 +4,21 @@ For each N: N local sites of the mean app (1000 x 10 rows per site, waits shorte
 from `fedsim run` to its exit, with the tree's resident (RSS) and proportional (PSS) memory
 sampled every half second (fedsim, relay, sandboxes, agents, apps: everything below the
 run's process); against the floor of N bare `python -c 'import numpy'` in the app's
-environment, two at a time (this machine's cores). Reported per N and as the cost of each
-added site (slope between the two largest N).
+environment, two at a time (this machine's cores), and, when a Python with
+``flwr[simulation]`` is at hand (the ``bench`` extra, or ``--flower-python``), Flower's
+simulation of the same job on the same files, measured the same way. Both results are
+checked against the pooled mean before a figure is kept. Reported per N and as the cost of
+each added site (slope between the two largest N).
 
-Run: .venv/bin/python bench/bench_scale.py [--sites 3 10 50 100]
+Run: .venv/bin/python bench/bench_scale.py [--sites 3 10 50 100 200 500] [--flower-python P]
 Writes bench/results/scale.json. Only loopback traffic; the app environment must be cached.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import importlib.util
 import json
 import os
 import subprocess
@@ -31,7 +36,10 @@ from fedsim.appenv import ensure_app_env, env_python
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "apps" / "mean"
+FLOWER = Path(__file__).resolve().parent / "flower_mean.py"
 ROWS, COLUMNS = 1000, 10
+TOLERANCE = 1e-9
+"""Relative difference allowed between a federated mean and the pooled one."""
 
 
 def write_run(folder: Path, n: int) -> Path:
@@ -92,10 +100,10 @@ def _memory(pids: list[int]) -> tuple[int, int]:
     return rss, pss
 
 
-def measure(argv: list[str]) -> dict[str, float]:
-    """Wall seconds and peak tree memory of one command."""
+def measure(argv: list[str]) -> tuple[dict[str, float], str]:
+    """Wall seconds and peak tree memory of one command, and what it printed."""
     start = time.monotonic()
-    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak = [0, 0]
     done = threading.Event()
 
@@ -107,13 +115,39 @@ def measure(argv: list[str]) -> dict[str, float]:
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    _, stderr = process.communicate()
+    stdout, stderr = process.communicate()
     wall = time.monotonic() - start
     done.set()
     sampler.join()
     if process.returncode != 0:
         raise SystemExit(f"{argv} failed:\n{stderr[-3000:]}")
-    return {"wall_s": round(wall, 2), "rss_gib": peak[0] / 2**30, "pss_gib": peak[1] / 2**30}
+    figures = {"wall_s": round(wall, 2), "rss_gib": peak[0] / 2**30, "pss_gib": peak[1] / 2**30}
+    return figures, stdout
+
+
+def pooled_mean(folder: Path, n: int) -> np.ndarray:
+    files = [folder / "data" / f"s{i}" / "data.csv" for i in range(n)]
+    return np.vstack([np.loadtxt(file, delimiter=",", skiprows=1) for file in files]).mean(axis=0)
+
+
+def check(name: str, got: np.ndarray, expected: np.ndarray) -> None:
+    """A figure counts only if the job computed the right thing."""
+    if not np.allclose(got, expected, rtol=TOLERANCE, atol=0):
+        raise SystemExit(f"{name} computed {got}, not the pooled mean {expected}")
+
+
+def fedsim_mean(folder: Path, site: str) -> np.ndarray:
+    """The means one site wrote (``column,mean`` rows) in the run's single run directory."""
+    (run,) = (folder / "runs").iterdir()
+    with open(run / "sites" / site / "output" / "means.csv") as handle:
+        return np.array([float(row["mean"]) for row in csv.DictReader(handle)])
+
+
+def flower_python(given: str | None) -> str | None:
+    """The Python to run Flower with: the one given, or this one when it has Flower."""
+    if given:
+        return given
+    return sys.executable if importlib.util.find_spec("flwr") else None
 
 
 def floor(python: Path, n: int) -> float:
@@ -128,25 +162,45 @@ def floor(python: Path, n: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sites", type=int, nargs="+", default=[3, 10, 50, 100])
+    parser.add_argument(
+        "--flower-python", help="a Python with flwr[simulation] (default: this one, if it has it)"
+    )
     args = parser.parse_args()
     python = env_python(ensure_app_env(APP))
+    flower = flower_python(args.flower_python)
+    if flower is None:
+        print("Flower is not installed here (pip install -e '.[bench]'): measuring fedsim only")
     rows = []
     for n in args.sites:
         with tempfile.TemporaryDirectory(prefix="fedsim-scale-") as tmp:
-            config = write_run(Path(tmp), n)
-            run = measure([sys.executable, "-m", "fedsim", "run", str(config)])
+            folder = Path(tmp)
+            config = write_run(folder, n)
+            expected = pooled_mean(folder, n)
+            run, _ = measure([sys.executable, "-m", "fedsim", "run", str(config)])
+            for site in ("s0", f"s{n - 1}"):
+                check(f"fedsim at {site}", fedsim_mean(folder, site), expected)
+            row: dict[str, object] = {"sites": n, **run}
+            if flower is not None:
+                flwr, printed = measure([flower, str(FLOWER), str(folder / "data"), str(n)])
+                check("Flower", np.array(json.loads(printed.splitlines()[-1])["mean"]), expected)
+                row["flower"] = flwr
         bare = floor(python, n)
-        row = {"sites": n, **run, "floor_s": round(bare, 2),
-               "wall_over_floor": round(run["wall_s"] / bare, 2)}  # fmt: skip
+        row["floor_s"] = round(bare, 2)
+        row["wall_over_floor"] = round(run["wall_s"] / bare, 2)
         rows.append(row)
-        print(
-            f"{n:>4} sites: {row['wall_s']:7.1f} s, RSS {row['rss_gib']:.2f} GiB, "
-            f"PSS {row['pss_gib']:.2f} GiB, floor {bare:.1f} s ({row['wall_over_floor']}x)",
-            flush=True,
+        line = (
+            f"{n:>4} sites: {run['wall_s']:7.1f} s, RSS {run['rss_gib']:.2f} GiB, "
+            f"PSS {run['pss_gib']:.2f} GiB, floor {bare:.1f} s ({row['wall_over_floor']}x)"
         )
+        if flower is not None:
+            line += (
+                f"; Flower {flwr['wall_s']:.1f} s ({flwr['wall_s'] / bare:.2f}x floor), "
+                f"PSS {flwr['pss_gib']:.2f} GiB"
+            )
+        print(line, flush=True)
     if len(rows) > 1:
         a, b = rows[-2], rows[-1]
-        added = b["sites"] - a["sites"]
+        added = int(b["sites"]) - int(a["sites"])
         per_site = {
             "seconds": round((b["wall_s"] - a["wall_s"]) / added, 3),
             "pss_mib": round((b["pss_gib"] - a["pss_gib"]) * 1024 / added, 1),
