@@ -33,6 +33,12 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.timeout(3600),  # software emulation: boots and pip installs take minutes
     pytest.mark.skipif(os.geteuid() != 0, reason="libvirtd and the box build need root"),
+    # Not in CI yet: under software emulation it needs about half an hour on two cores
+    # (box, boots, provisioning) and has passed here only by hand, step by step; it runs
+    # with FEDSIM_VM_TESTS=1 (scripts/setup --tests then installs Vagrant and libvirt).
+    pytest.mark.skipif(
+        os.environ.get("FEDSIM_VM_TESTS") != "1", reason="VM tests run with FEDSIM_VM_TESTS=1"
+    ),
 ]
 NETWORK = "10.77.0.0/24"
 SLUG = "fedsim-10-77-0-0-24"
