@@ -4,12 +4,14 @@ a run goes on: no one on the host, and nothing in its view that a site must not 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 from pathlib import Path
 
 import pytest
 
 from fedsim.sites.uids import FIRST_UID
+from tests.conftest import MEAN_APP, fedsim, run_dir_of, write_run
 from tests.test_isolation import ForkSites, make_site
 from tests.test_run_failures import start_hanging_run
 
@@ -107,3 +109,21 @@ def test_a_forked_app_stopped_twice_closes_nothing_of_anyone_else(tmp_path: Path
         os.close(read), os.close(write)
     finally:
         forked.server.close()
+
+
+def test_an_environment_below_tmp_stays_whole_in_a_forked_site(
+    tmp_path: Path, app_environment: Path
+) -> None:
+    """A site's own /tmp covers the server's; what the server's sandbox bound below /tmp (an
+    app environment in a cache there, as CI or a user may keep it) must still be there for
+    the app's later imports (pandas loads its CSV writer only when the app writes)."""
+    cache = tmp_path / "cache"
+    shutil.copytree(app_environment, cache / "envs" / app_environment.name, symlinks=True)
+    csv = {"hub": "x,y\n1,2\n3,4\n", "clinic": "x,y\n5,9\n"}
+    config = write_run(tmp_path, MEAN_APP, {n: {"files": {"data.csv": t}} for n, t in csv.items()})
+    result = fedsim(
+        "run", str(config), env={"FEDSIM_CACHE_DIR": str(cache), "FEDSIM_SITE_START": "fork"}
+    )
+    assert result.returncode == 0, result.stderr
+    means = (run_dir_of(result) / "sites" / "clinic" / "output" / "means.csv").read_text()
+    assert means.split() == ["column,mean", "x,3", "y,5"]

@@ -96,9 +96,9 @@ def mount(source, target, fstype=None, flags=0, data=None):
     _check(result, f"mount {target}")
 
 
-def bind(source, target, writable):
+def bind(source, target, writable, recursive=False):
     """A bind whose remount keeps the flags the kernel locked on the source."""
-    mount(source, target, None, MS_BIND)
+    mount(source, target, None, MS_BIND | (MS_REC if recursive else 0))
     kept = sum(m for bit, m in STATVFS_FLAGS.items() if os.statvfs(target).f_flag & bit)
     flags = (kept & ~MS_RDONLY) | MS_NOSUID | MS_NODEV | (0 if writable else MS_RDONLY)
     mount(None, target, None, MS_REMOUNT | MS_BIND | flags)
@@ -106,6 +106,35 @@ def bind(source, target, writable):
 
 def tmpfs(target, options, flags=MS_NOSUID | MS_NODEV):
     mount("tmpfs", target, "tmpfs", flags, options)
+
+
+def mounts_under(folder):
+    """The top mount points below ``folder`` (the server's sandbox binds the app's
+    environment and Python where they are, which may be below ``/tmp``)."""
+    points = []
+    with open("/proc/self/mountinfo", encoding="utf-8") as handle:
+        for line in handle:
+            point = line.split()[4].replace("\\040", " ")
+            if point.startswith(folder + "/"):
+                points.append(point)
+    points.sort()
+    top = []
+    for point in points:
+        if not any(point.startswith(parent + "/") or point == parent for parent in top):
+            top.append(point)
+    return top
+
+
+def private_tmp(size):
+    """A ``/tmp`` of the site's own that still holds what the server's sandbox bound below
+    it: each such mount is held by a descriptor, the tmpfs laid over, and the mount bound
+    back at its place (read-only, as it was)."""
+    kept = [(point, os.open(point, os.O_PATH)) for point in mounts_under("/tmp")]
+    tmpfs("/tmp", f"size={size},mode=1777")
+    for point, fd in kept:
+        os.makedirs(point, exist_ok=True)
+        bind(f"/proc/self/fd/{fd}", point, writable=False, recursive=True)
+        os.close(fd)
 
 
 def loopback_up():
@@ -248,7 +277,7 @@ def enter_site(request, env_fd):
     bind(f"{OUTPUTS}/{request['output']}", "/mnt/output", writable=True)
     for shared in (SITES, OUTPUTS):  # every other site's folders: covered
         tmpfs(shared, "size=4k,mode=000", MS_NOSUID | MS_NODEV | MS_RDONLY)
-    tmpfs("/tmp", f"size={request['tmp_bytes']},mode=1777")
+    private_tmp(request["tmp_bytes"])
     tmpfs(APP_RUN, "size=1m,mode=755")
     uid = request["uid"] if request["uid"] is not None else os.getuid()
     for name, text in request["identity"].items():
