@@ -33,9 +33,10 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.timeout(3600),  # software emulation: boots and pip installs take minutes
     pytest.mark.skipif(os.geteuid() != 0, reason="libvirtd and the box build need root"),
-    # Not in CI yet: under software emulation it needs about half an hour on two cores
-    # (box, boots, provisioning) and has passed here only by hand, step by step; it runs
-    # with FEDSIM_VM_TESTS=1 (scripts/setup --tests then installs Vagrant and libvirt).
+    # Not in CI yet: under software emulation it needs 10 min with the box cached (passed
+    # so, once, end to end) and more to build the box, and has not been through a clean CI
+    # machine; it runs with FEDSIM_VM_TESTS=1 (scripts/setup --tests then installs Vagrant,
+    # libvirt and QEMU).
     pytest.mark.skipif(
         os.environ.get("FEDSIM_VM_TESTS") != "1", reason="VM tests run with FEDSIM_VM_TESTS=1"
     ),
