@@ -17,8 +17,10 @@ each call to the website stand-in under ``/standin-controller/<siteKey>/``, wher
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import ctypes
+import hashlib
 import io
 import os
 import secrets
@@ -434,3 +436,63 @@ def kill_standin_controllers(home: Path) -> None:
         with contextlib.suppress(ProcessLookupError, ValueError):
             os.kill(int(pid_file.stem), signal.SIGTERM)
         pid_file.unlink(missing_ok=True)
+
+
+STANDIN_CLI = ("featurecloud-standin", "1.0")
+"""The distribution that carries the ``featurecloud`` CLI stand-in, for a config's
+``[featurecloud] cli_requirements``: provisioning installs it exactly as it installs the
+real ``FeatureCloud`` package (a wheelhouse built here, an environment of its own at the
+site), and then the run's ``featurecloud controller start`` is the stand-in's."""
+
+
+def _record_line(name: str, data: bytes) -> str:
+    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+    return f"{name},sha256={digest},{len(data)}"
+
+
+def standin_cli_wheel(folder: Path) -> Path:
+    """A wheel of ``STANDIN_CLI`` whose only content is ``fc_standin_bin/featurecloud`` as
+    its script (it keeps its ``#!/usr/bin/env python3``: standard library only)."""
+    name, version = STANDIN_CLI
+    stem = f"{name.replace('-', '_')}-{version}"
+    files = {
+        f"{stem}.data/scripts/featurecloud": (STANDIN_BIN / "featurecloud").read_bytes(),
+        f"{stem}.dist-info/METADATA": (
+            f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+            "Summary: STAND-IN for the featurecloud CLI (fedsim's tests only)\n"
+        ).encode(),
+        f"{stem}.dist-info/WHEEL": (
+            b"Wheel-Version: 1.0\nGenerator: fedsim-tests\nRoot-Is-Purelib: true\n"
+            b"Tag: py3-none-any\n"
+        ),
+    }
+    record = f"{stem}.dist-info/RECORD"
+    lines = [_record_line(n, d) for n, d in files.items()] + [f"{record},,"]
+    files[record] = ("\n".join(lines) + "\n").encode()
+    folder.mkdir(parents=True, exist_ok=True)
+    wheel = folder / f"{stem}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        for member, data in files.items():
+            info = zipfile.ZipInfo(member, date_time=(2020, 1, 1, 0, 0, 0))
+            info.external_attr = (0o100755 if "/scripts/" in member else 0o100644) << 16
+            zf.writestr(info, data)
+    return wheel
+
+
+@contextmanager
+def standin_cli_requirements(folder: Path) -> Iterator[Path]:
+    """A requirements file of the CLI stand-in's distribution, and, while inside, pip told
+    where its wheel is (``PIP_FIND_LINKS``) so that fedsim can build the CLI's environment
+    and wheelhouse here; later runs find both cached."""
+    wheels = standin_cli_wheel(folder / "wheels").parent
+    requirements = folder / "cli-requirements.txt"
+    requirements.write_text("{}=={}\n".format(*STANDIN_CLI))
+    before = os.environ.get("PIP_FIND_LINKS")
+    os.environ["PIP_FIND_LINKS"] = str(wheels)
+    try:
+        yield requirements
+    finally:
+        if before is None:
+            os.environ.pop("PIP_FIND_LINKS", None)
+        else:
+            os.environ["PIP_FIND_LINKS"] = before

@@ -210,6 +210,25 @@ def test_a_good_config_validates_with_paths_resolved(tmp_path: Path) -> None:
             'missing: with platform = "featurecloud" each site\'s env file holds its own',
         ),
         (
+            TWO_SITES + '[featurecloud]\nwebsite = "http://127.0.0.1:1"\n',
+            "featurecloud",
+            'only with platform = "featurecloud"',
+        ),
+        (
+            'platform = "featurecloud"\n'
+            + TWO_SITES
+            + '[featurecloud]\nregistry = "featurecloud.ai"\n',
+            "featurecloud.registry",
+            "'featurecloud.ai' is not an http:// or https:// address with a host",
+        ),
+        (
+            'platform = "featurecloud"\n'
+            + TWO_SITES
+            + '[featurecloud]\ncli_requirements = "nope.txt"\n',
+            "featurecloud.cli_requirements",
+            "no such file",
+        ),
+        (
             'platform = "featurecloud"\n'
             + TWO_SITES.replace('name = "b"', 'name = "b"\nlocation = "dask"'),
             "sites[1].location",

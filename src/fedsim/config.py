@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -518,6 +519,34 @@ class StepConfig(BaseModel):
     _requirements = field_validator("requirements", mode="after")(_check_requirements)
 
 
+def _check_http_url(value: str) -> str:
+    """An address fedsim will connect to from every site: plain HTTP(S) with a host."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{value!r} is not an http:// or https:// address with a host")
+    return value
+
+
+HttpUrl = Annotated[StrictStr, AfterValidator(_check_http_url)]
+
+
+class FeatureCloudConfig(BaseModel):
+    """``[featurecloud]``: what provisioning gives a site for featurecloud.ai, and what it
+    checks the site reaches (``fedsim.featurecloud.site_provision``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cli_requirements: Path | None = None
+    """What the ``featurecloud`` CLI's own environment is built from; default: fedsim's pin
+    of the ``FeatureCloud`` package (``featurecloud/cli-requirements.txt``)."""
+    website: HttpUrl = "https://featurecloud.ai"
+    """The website every site must reach (checked before any project is made)."""
+    registry: HttpUrl = "https://featurecloud.ai/v2/"
+    """The image registry the controller pulls from (``featurecloud.ai/controller``)."""
+
+    _requirements = field_validator("cli_requirements", mode="after")(_check_requirements)
+
+
 class FaultConfig(BaseModel):
     """``[[faults]]``: something that goes wrong at a site on purpose (``relay/faults.py``)."""
 
@@ -595,6 +624,8 @@ class RunConfig(BaseModel):
     (each site's own login: ``fedsim.featurecloud.client_sites``)."""
     project_id: Annotated[int, Field(gt=0, strict=True)] | None = None
     """With ``platform = "featurecloud"``: reuse this project of the coordinator's."""
+    featurecloud: FeatureCloudConfig = Field(default_factory=FeatureCloudConfig)
+    """With ``platform = "featurecloud"``: how its sites are provisioned and checked."""
     dask: DaskConfig | None = None
     """The cluster of the sites with ``location = "dask"``."""
     vagrant: VagrantConfig | None = None
@@ -684,6 +715,8 @@ class RunConfig(BaseModel):
         Written as TOML, it loads again: SSH-only keys are left out for local sites (where
         the loader refuses them), as their defaults are."""
         data = self.model_dump(mode="json", exclude_none=True)
+        if self.platform != "featurecloud":  # its defaults, refused without the platform
+            data.pop("featurecloud", None)
         for site in data.get("sites", []):
             if not _is_ssh(site.get("location")):
                 for key in SSH_ONLY_KEYS:
@@ -791,8 +824,9 @@ def _featurecloud_faults(
     ``WORKDIR/featurecloud.env``, which never leaves it); a project to reuse means nothing
     without it."""
     if raw.get("platform") != "featurecloud":
-        if "project_id" in raw:
-            yield ("project_id",), 'only with platform = "featurecloud"'
+        for key in ("project_id", "featurecloud"):
+            if key in raw:
+                yield (key,), 'only with platform = "featurecloud"'
         return
     for i, site in sites:
         if "env_file" not in site and not _is_ssh(site.get("location")):

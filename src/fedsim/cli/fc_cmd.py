@@ -235,6 +235,10 @@ def controller(
     data_dir: Annotated[
         Path, typer.Option(help="The controller's data folder (site_info.json goes there).")
     ] = Path("~/.fedsim/featurecloud-data"),
+    featurecloud_cli: Annotated[
+        Path | None,
+        typer.Option(help="The featurecloud CLI to use; default: the one on the PATH."),
+    ] = None,
     env_file: EnvFile = DEFAULT_ENV,
     min_interval: MinInterval = DEFAULT_INTERVAL,
     verbose: Verbose = False,
@@ -250,10 +254,10 @@ def controller(
         raise ConfigError(f"fedsim fc controller: {action!r}: expected start or stop")
     with _user(env_file, min_interval, verbose) as (website, own):
         if action == "stop":
-            stop_controller()
+            stop_controller(featurecloud_cli)
             stdout.print("stopped", markup=False)
             return
-        started = start_controller(website, own, data_dir.expanduser())
+        started = start_controller(website, own, data_dir.expanduser(), featurecloud_cli)
     stdout.print("started" if started else "running", markup=False)
 
 

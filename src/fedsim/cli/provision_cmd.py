@@ -14,17 +14,23 @@ def provision(
 ) -> None:
     """Install fedsim's agent and each app's environment at every SSH site, and each app's
     environment at every worker of a Dask cluster, from wheels built here (nothing is
-    downloaded there). `fedsim run` does the same for what is missing."""
+    downloaded there). With platform = "featurecloud": the agent, the featurecloud CLI in
+    its own environment and Docker at every SSH site, once it reaches the website and the
+    registry. `fedsim run` does the same for what is missing."""
     from rich.markup import escape
     from rich.table import Table
 
     from fedsim.cli.output import stdout
     from fedsim.config import load_config
+    from fedsim.featurecloud.site_provision import provision_featurecloud_sites
     from fedsim.sites.dask_provision import provision_workers
     from fedsim.sites.provision import provision_sites
 
     cfg = load_config(config)
-    rows = provision_sites(cfg)
+    if cfg.platform == "featurecloud":
+        rows = provision_featurecloud_sites(cfg)
+    else:
+        rows = provision_sites(cfg)
     workers = provision_workers(cfg)
     if not rows and not workers:
         stdout.print("no SSH sites or running Dask cluster in this config: nothing to provision")
@@ -37,6 +43,9 @@ def provision(
             table.add_row(
                 escape(row.site), escape(row.location), key, done, sent, f"{row.seconds:.1f}"
             )
+        if row.docker is not None:
+            done = "already there" if row.docker == "present" else row.docker
+            table.add_row(escape(row.site), escape(row.location), "docker", done, "-", "")
     stdout.print(table)
     if rows:
         changed = sum(row.changed for row in rows)

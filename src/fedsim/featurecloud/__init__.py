@@ -12,6 +12,8 @@ call. Layers, each in its own module:
     roles        Coordinator and Participant: each has only the operations its role may do
     site_setup   at a site: Docker, the featurecloud CLI and the website checked, the
                  site's FeatureCloud controller started (``fedsim fc controller``)
+    site_provision  an SSH site provisioned: website and registry reached (``reach``, run
+                 there), Docker installed when missing, the CLI in an environment of its own
     client_sites where each participant's ``fedsim fc`` runs: this machine, or its SSH host
     platform     ``platform = "featurecloud"``: the whole order across a config's sites
 """

@@ -35,13 +35,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 import asyncssh
 
 from fedsim.errors import SiteUnreachable
+from fedsim.featurecloud.site_provision import cli_wheelhouse, provision_featurecloud
 from fedsim.safefiles import copy_tree
 from fedsim.sites.provision import provision, remote_home_path
 from fedsim.sites.ssh_connect import EventLoopThread, SshSession, connect, upload_secret
 from fedsim.sites.wheelhouse import agent_wheelhouse
 
 if TYPE_CHECKING:
-    from fedsim.config import SiteConfig
+    from fedsim.config import FeatureCloudConfig, RunConfig, SiteConfig
 
 SITE_ENV = "featurecloud.env"
 """The site's own login at an SSH site (in its workdir) when the config names no env file."""
@@ -69,6 +70,9 @@ class ClientSite(Protocol):
 
     def data_dir(self) -> str:
         """The FeatureCloud controller's data folder at the site."""
+
+    def featurecloud_cli(self) -> str | None:
+        """The ``featurecloud`` CLI provisioned at the site; None: the one on its PATH."""
 
     def fc(self, args: Sequence[str], stdin: str = "") -> Answer:
         """``fedsim fc ARGS --env-file <the site's own>`` at the site; secrets only on stdin."""
@@ -110,6 +114,9 @@ class LocalClientSite:
     def data_dir(self) -> str:
         return str(self._folder / DATA_DIR)
 
+    def featurecloud_cli(self) -> str | None:
+        return None  # this machine is the user's own: fedsim installs nothing on it
+
     def fc(self, args: Sequence[str], stdin: str = "") -> Answer:
         command = [sys.executable, "-m", "fedsim", "fc", *args, "--env-file", str(self._env_file)]
         done = subprocess.run(
@@ -131,13 +138,19 @@ class LocalClientSite:
 
 
 class SshClientSite:
-    """A site reached over SSH: fedsim's agent environment provisioned there (it holds the
-    ``fedsim fc`` client), then each command run over the connection."""
+    """A site reached over SSH: provisioned for featurecloud.ai (fedsim's agent environment,
+    which holds the ``fedsim fc`` client, then the website and registry reached, Docker and
+    the ``featurecloud`` CLI: ``site_provision.py``), then each command run over the
+    connection."""
 
-    def __init__(self, site: SiteConfig, loop: EventLoopThread, run_id: str) -> None:
+    def __init__(
+        self, site: SiteConfig, loop: EventLoopThread, run_id: str, settings: FeatureCloudConfig
+    ) -> None:
         assert site.ssh is not None
         self.name = site.name
         self.target = site.ssh
+        self._settings = settings
+        self._cli = ""
         self._env_file = site.env_file
         self._loop = loop
         self._run_folder = hashlib.sha256(run_id.encode()).hexdigest()[:12]
@@ -162,6 +175,11 @@ class SshClientSite:
         self._workdir = self._loop.call(remote_home_path(session, self.target.workdir))
         agent = self._loop.call(provision(session, agent_wheelhouse(), self._workdir))
         self._python = f"{agent.env}/bin/python"
+        cli = cli_wheelhouse(self._settings)
+        ready = self._loop.call(
+            provision_featurecloud(session, self._workdir, agent.env, self._settings, cli)
+        )
+        self._cli = ready.cli
         self._folder = f"{self._workdir}/fc-runs/{self._run_folder}"
         self._shell(f"umask 077 && mkdir -p {shlex.quote(self._folder)}")
         if self._env_file is None:
@@ -172,6 +190,9 @@ class SshClientSite:
 
     def data_dir(self) -> str:
         return f"{self._workdir}/{DATA_DIR}"
+
+    def featurecloud_cli(self) -> str | None:
+        return self._cli
 
     def _shell(self, command: str) -> None:
         result = self._loop.call(self._need_session().run(command))
@@ -241,11 +262,13 @@ class SshClientSite:
 
 
 def client_sites(
-    sites: Sequence[SiteConfig], workdir: Path, run_id: str, loop: EventLoopThread
+    config: RunConfig, workdir: Path, run_id: str, loop: EventLoopThread
 ) -> dict[str, ClientSite]:
     """One client site per config site: over SSH where the site lives on another machine,
     else on this one (the config refuses the kinds that have no SSH path, such as Dask)."""
     return {
-        s.name: SshClientSite(s, loop, run_id) if s.ssh is not None else LocalClientSite(s, workdir)
-        for s in sites
+        s.name: SshClientSite(s, loop, run_id, config.featurecloud)
+        if s.ssh is not None
+        else LocalClientSite(s, workdir)
+        for s in config.sites
     }

@@ -8,10 +8,12 @@ agent environment over SSH for a remote one), given that site's own env file; th
 never reads a site's credentials. The one-time invitation tokens pass from the coordinator's
 command to each participant's on stdin, never on a command line.
 
-Provisioning comes first, at every site, before any project exists: Docker, the
-``featurecloud`` CLI and the website are checked there and the site's FeatureCloud controller
-is started (``featurecloud controller start``, ``site_setup.py``); every site that is not
-ready is named in one error. Controllers this run started are stopped at its end.
+Provisioning comes first, at every site, before any project exists: an SSH site is
+provisioned (the website and registry reached, Docker and the ``featurecloud`` CLI installed
+when missing: ``site_provision.py``), then at every site Docker, the CLI and the website are
+checked and its FeatureCloud controller is started (``featurecloud controller start``,
+``site_setup.py``); every site that is not ready is named in one error. Controllers this
+run started are stopped at its end.
 
 Traffic: featurecloud.ai does not tell anyone what the sites' controllers sent each other,
 so ``traffic.csv`` has no rows and the message and byte counts are null (``traffic_note``
@@ -81,7 +83,7 @@ class FeatureCloudRun:
         self.workdir = Path(tempfile.mkdtemp(prefix="fedsim-fc-"))
         self.loop = EventLoopThread()
         self.sites: dict[str, ClientSite] = client_sites(
-            config.sites, self.workdir, self.run_id, self.loop
+            config, self.workdir, self.run_id, self.loop
         )
         self.controllers_started: list[str] = []
 
@@ -167,7 +169,8 @@ class FeatureCloudRun:
             place.open()
         except FedsimError as exc:
             return f"{where}: {exc}"
-        answer = self._fc_answer(site, "controller", "start", "--data-dir", place.data_dir())
+        start = ["controller", "start", "--data-dir", place.data_dir(), *_cli_option(place)]
+        answer = self._fc_answer(site, *start)
         if answer.code != 0:
             return f"{where}: {_last_line(answer)}"
         if answer.stdout.strip() == "started":
@@ -180,7 +183,7 @@ class FeatureCloudRun:
         by_name = {s.name: s for s in self.config.sites}
         for name in self.controllers_started:
             try:
-                self._fc(by_name[name], "controller", "stop")
+                self._fc(by_name[name], "controller", "stop", *_cli_option(self.sites[name]))
             except FedsimError as exc:
                 log.warning("site %s: %s", name, exc)
         for place in self.sites.values():
@@ -309,6 +312,12 @@ def _console_line(line: str) -> tuple[int, str]:
     if match is None:
         return logging.INFO, line
     return logging.getLevelName(match[1]), match[2]
+
+
+def _cli_option(place: ClientSite) -> list[str]:
+    """``fedsim fc controller``'s option naming the site's provisioned featurecloud CLI."""
+    cli = place.featurecloud_cli()
+    return [] if cli is None else ["--featurecloud-cli", cli]
 
 
 def _last_line(answer: Answer) -> str:

@@ -7,14 +7,17 @@ user. So before a project is made, every site checks, in this order, and stops a
 gap with a message naming what is missing and how to get it:
 
 1. ``docker`` is installed and its engine answers (``docker info``);
-2. the ``featurecloud`` CLI is installed (on the PATH, or in ``~/.local/bin`` where
-   ``pip install --user featurecloud`` puts it);
+2. the ``featurecloud`` CLI is installed: at an SSH site, the one provisioning put in an
+   environment of its own (``site_provision.py``, passed as ``--featurecloud-cli``);
+   elsewhere on the PATH, or in ``~/.local/bin`` where ``pip install --user featurecloud``
+   puts it;
 3. the website answers this user's login from here (a site without internet fails here);
 4. ``site_info.json`` is saved (mode 0600: it identifies the site), then
    ``featurecloud controller start --data-dir DIR`` runs unless a controller already answers,
    and its ``/ping/`` is awaited.
 
-Installing Docker takes root and the distribution's packages, so fedsim only names it.
+At an SSH site, ``fedsim provision`` (and ``fedsim run``, before this) installs Docker and
+the CLI (``site_provision.py``); on this machine fedsim installs nothing and only names it.
 """
 
 from __future__ import annotations
@@ -91,11 +94,19 @@ def check_docker() -> str:
     return docker
 
 
-def check_featurecloud_cli() -> str:
+def check_featurecloud_cli(cli: Path | None = None) -> str:
+    """``cli`` (the one provisioning installed in its own environment) when given, else the
+    ``featurecloud`` on the PATH or in ``~/.local/bin``."""
+    if cli is not None:
+        if not os.access(cli, os.X_OK):
+            raise SiteNotReady(
+                f"no featurecloud CLI at {cli}, where provisioning put it: fedsim provision again"
+            )
+        return str(cli)
     return _require(
         "featurecloud",
         "no `featurecloud` CLI here (not on the PATH nor in ~/.local/bin): "
-        "pip install --user featurecloud",
+        "pip install --user featurecloud, or provision this site (fedsim provision)",
     )
 
 
@@ -136,17 +147,20 @@ def _port(controller_url: str) -> int:
     return urlsplit(controller_url).port or DEFAULT_PORT
 
 
-def start_controller(website: Website, controller: Controller, data_dir: Path) -> bool:
-    """Every check above, then the controller started; True if this call started it (and
-    ``stop_controller`` should stop it), False if one already answered."""
+def start_controller(
+    website: Website, controller: Controller, data_dir: Path, cli: Path | None = None
+) -> bool:
+    """Every check above, then the controller started (by ``cli``, see
+    ``check_featurecloud_cli``); True if this call started it (and ``stop_controller``
+    should stop it), False if one already answered."""
     check_docker()
-    cli = check_featurecloud_cli()
+    program = check_featurecloud_cli(cli)
     check_website(website)
     save_site_info(website, data_dir)
     if _answers(controller):
         log.info("a FeatureCloud controller already answers at %s", controller.url)
         return False
-    argv = [cli, "controller", "start", "--data-dir", str(data_dir)]
+    argv = [program, "controller", "start", "--data-dir", str(data_dir)]
     port = _port(controller.url)
     if port != DEFAULT_PORT:
         argv += ["--port", str(port)]
@@ -168,9 +182,8 @@ def start_controller(website: Website, controller: Controller, data_dir: Path) -
     return True
 
 
-def stop_controller() -> None:
-    cli = check_featurecloud_cli()
-    stopped = _run([cli, "controller", "stop"], timeout=START_TIMEOUT)
+def stop_controller(cli: Path | None = None) -> None:
+    stopped = _run([check_featurecloud_cli(cli), "controller", "stop"], timeout=START_TIMEOUT)
     if stopped.returncode != 0:
         raise PlatformError(
             f"featurecloud controller stop failed (exit {stopped.returncode}): "

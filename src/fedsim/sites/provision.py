@@ -13,6 +13,7 @@ import asyncio
 import secrets
 import shlex
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -109,10 +110,18 @@ class SiteProvisioning:
     location: str
     environments: dict[str, Provisioned]
     seconds: float
+    docker: str | None = None
+    """featurecloud.ai's sites only: Docker ``present``, ``installed`` or ``started``."""
 
     @property
     def changed(self) -> bool:
-        return any(p.installed or p.uploaded_bytes for p in self.environments.values())
+        installed = any(p.installed or p.uploaded_bytes for p in self.environments.values())
+        return installed or self.docker not in (None, "present")
+
+
+SiteWork = Callable[[SshSession, str], Awaitable[tuple[dict[str, Provisioned], str | None]]]
+"""What provisioning does at one site, given its session and workdir: the environments it
+made (by name) and what it did about Docker (None: nothing)."""
 
 
 def app_wheelhouses(config: RunConfig) -> list[Wheelhouse]:
@@ -124,17 +133,10 @@ def app_wheelhouses(config: RunConfig) -> list[Wheelhouse]:
     return list(dict.fromkeys(app_wheelhouse(e) for e in envs))
 
 
-def provision_sites(config: RunConfig) -> list[SiteProvisioning]:
-    """Every SSH site of ``config`` made ready to run: the agent and every step's app
-    environment installed there (each built here first, when needed), all sites at once.
-    Local sites need nothing. On featurecloud.ai the apps run in FeatureCloud's controller,
-    so only the agent's environment (it holds ``fedsim fc``) is installed. Raises the first
-    site's error, naming the site."""
+def on_ssh_sites(config: RunConfig, work: SiteWork) -> list[SiteProvisioning]:
+    """``work`` at every SSH site of ``config``, all sites at once; raises the first site's
+    error, naming the site."""
     sites = [s for s in config.sites if s.ssh is not None]
-    if not sites:
-        return []
-    apps = app_wheelhouses(config) if config.platform == "embedded" else []
-    wheelhouses = [agent_wheelhouse(), *apps]
 
     async def one(site: SiteConfig) -> SiteProvisioning:
         assert site.ssh is not None
@@ -142,13 +144,27 @@ def provision_sites(config: RunConfig) -> list[SiteProvisioning]:
         session = await connect(site.name, site.ssh)
         try:
             workdir = await remote_home_path(session, site.ssh.workdir)
-            done = {w.key: await provision(session, w, workdir) for w in wheelhouses}
+            done, docker = await work(session, workdir)
         finally:
             await session.close()
         location = f"ssh://{site.ssh.address}"
-        return SiteProvisioning(site.name, location, done, time.monotonic() - start)
+        return SiteProvisioning(site.name, location, done, time.monotonic() - start, docker)
 
     async def every() -> list[SiteProvisioning]:
         return list(await asyncio.gather(*(one(s) for s in sites)))
 
-    return asyncio.run(every())
+    return asyncio.run(every()) if sites else []
+
+
+def provision_sites(config: RunConfig) -> list[SiteProvisioning]:
+    """Every SSH site of ``config`` made ready for the embedded platform: the agent and every
+    step's app environment installed there (each built here first, when needed). Local sites
+    need nothing. (featurecloud.ai's sites: ``fedsim.featurecloud.site_provision``.)"""
+    if not any(s.ssh is not None for s in config.sites):
+        return []
+    wheelhouses = [agent_wheelhouse(), *app_wheelhouses(config)]
+
+    async def work(session: SshSession, workdir: str) -> tuple[dict[str, Provisioned], None]:
+        return {w.key: await provision(session, w, workdir) for w in wheelhouses}, None
+
+    return on_ssh_sites(config, work)
