@@ -26,6 +26,7 @@ from tests.fc_standin import (
     StandInWorld,
     kill_standin_controllers,
     serve,
+    standin_cli_requirements,
     website_app,
 )
 
@@ -45,13 +46,20 @@ def world_and_config(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[tuple[StandInWorld, Path]]:
     """Three local sites, each with its own env file and its own controller, started by the
-    ``featurecloud`` CLI stand-in (found on the PATH, with the ``docker`` stand-in)."""
+    ``featurecloud`` CLI stand-in (installed in the CLI's own environment, as the real one
+    is; the ``docker`` stand-in found on the PATH)."""
     world = StandInWorld(users=dict(USERS))
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("PATH", f"{STANDIN_BIN}{os.pathsep}{os.environ['PATH']}")
-    with serve(website_app(world)) as website:
+    only_docker = tmp_path / "bin"  # no featurecloud on the PATH: the run brings its own
+    only_docker.mkdir()
+    (only_docker / "docker").symlink_to(STANDIN_BIN / "docker")
+    monkeypatch.setenv("PATH", f"{only_docker}{os.pathsep}{os.environ['PATH']}")
+    with (
+        standin_cli_requirements(tmp_path / "cli") as cli,
+        serve(website_app(world)) as website,
+    ):
         sites = ""
         for i, user in enumerate(USERS):
             env = tmp_path / f"{user}.env"
@@ -68,7 +76,7 @@ def world_and_config(
         config = tmp_path / "fedsim.toml"
         config.write_text(
             f'app = "{MEAN_APP}"\nname = "fc"\noutput_dir = "runs"\nplatform = "featurecloud"\n'
-            f"timeout = 30\n{sites}"
+            f'timeout = 30\n[featurecloud]\ncli_requirements = "{cli}"\n{sites}'
         )
         try:
             yield world, config

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import asyncssh
 
 from fedsim.errors import SiteUnreachable
-from fedsim.featurecloud.site_provision import cli_wheelhouse, provision_featurecloud
+from fedsim.featurecloud.site_provision import cli_env, cli_wheelhouse, provision_featurecloud
 from fedsim.safefiles import copy_tree
 from fedsim.sites.provision import provision, remote_home_path
 from fedsim.sites.ssh_connect import EventLoopThread, SshSession, connect, upload_secret
@@ -72,7 +72,8 @@ class ClientSite(Protocol):
         """The FeatureCloud controller's data folder at the site."""
 
     def featurecloud_cli(self) -> str | None:
-        """The ``featurecloud`` CLI provisioned at the site; None: the one on its PATH."""
+        """The ``featurecloud`` CLI of its own environment at the site; None: the one on
+        its PATH."""
 
     def fc(self, args: Sequence[str], stdin: str = "") -> Answer:
         """``fedsim fc ARGS --env-file <the site's own>`` at the site; secrets only on stdin."""
@@ -97,25 +98,30 @@ def _clean_env() -> dict[str, str]:
 
 
 class LocalClientSite:
-    """A site on this machine: its commands are processes here."""
+    """A site on this machine: its commands are processes here. The ``featurecloud`` CLI is
+    the one of its own environment in fedsim's cache (built like an app's, on first use);
+    Docker is the user's own, only checked (``site_setup.py``)."""
 
-    def __init__(self, site: SiteConfig, workdir: Path) -> None:
+    def __init__(self, site: SiteConfig, workdir: Path, settings: FeatureCloudConfig) -> None:
         assert site.env_file is not None  # the config requires one for a local site
         self.name = site.name
         self._env_file = site.env_file
         self._folder = workdir / "fc-sites" / site.name
+        self._settings = settings
+        self._cli = ""
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "local", "location": "local"}
 
     def open(self) -> None:
         self._folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._cli = str(cli_env(self._settings) / "bin" / "featurecloud")
 
     def data_dir(self) -> str:
         return str(self._folder / DATA_DIR)
 
     def featurecloud_cli(self) -> str | None:
-        return None  # this machine is the user's own: fedsim installs nothing on it
+        return self._cli
 
     def fc(self, args: Sequence[str], stdin: str = "") -> Answer:
         command = [sys.executable, "-m", "fedsim", "fc", *args, "--env-file", str(self._env_file)]
@@ -269,6 +275,6 @@ def client_sites(
     return {
         s.name: SshClientSite(s, loop, run_id, config.featurecloud)
         if s.ssh is not None
-        else LocalClientSite(s, workdir)
+        else LocalClientSite(s, workdir, config.featurecloud)
         for s in config.sites
     }

@@ -109,10 +109,16 @@ class FeatureCloudSite:
     environment: Provisioned
 
 
+def cli_env(settings: FeatureCloudConfig) -> Path:
+    """The CLI's environment on this machine, built on first use (as an app's, in fedsim's
+    cache): what a local site runs, and what the SSH sites' wheelhouse is made from."""
+    requirements = settings.cli_requirements or CLI_REQUIREMENTS
+    return ensure_app_env(Path(CLI_ENV_NAME), requirements=requirements)
+
+
 def cli_wheelhouse(settings: FeatureCloudConfig) -> Wheelhouse:
     """The CLI's environment (built here first, when needed) as a wheelhouse for the sites."""
-    requirements = settings.cli_requirements or CLI_REQUIREMENTS
-    return app_wheelhouse(ensure_app_env(Path(CLI_ENV_NAME), requirements=requirements))
+    return app_wheelhouse(cli_env(settings))
 
 
 async def check_reach(session: SshSession, python: str, settings: FeatureCloudConfig) -> None:

@@ -7,17 +7,17 @@ user. So before a project is made, every site checks, in this order, and stops a
 gap with a message naming what is missing and how to get it:
 
 1. ``docker`` is installed and its engine answers (``docker info``);
-2. the ``featurecloud`` CLI is installed: at an SSH site, the one provisioning put in an
-   environment of its own (``site_provision.py``, passed as ``--featurecloud-cli``);
-   elsewhere on the PATH, or in ``~/.local/bin`` where ``pip install --user featurecloud``
-   puts it;
+2. the ``featurecloud`` CLI is installed: in a run, the one of the CLI's own environment
+   (provisioned at an SSH site, in fedsim's cache for a local one: ``site_provision.py``),
+   passed as ``--featurecloud-cli``; by hand, the one on the PATH, or in ``~/.local/bin``
+   where ``pip install --user featurecloud`` puts it;
 3. the website answers this user's login from here (a site without internet fails here);
 4. ``site_info.json`` is saved (mode 0600: it identifies the site), then
    ``featurecloud controller start --data-dir DIR`` runs unless a controller already answers,
    and its ``/ping/`` is awaited.
 
 At an SSH site, ``fedsim provision`` (and ``fedsim run``, before this) installs Docker and
-the CLI (``site_provision.py``); on this machine fedsim installs nothing and only names it.
+the CLI (``site_provision.py``); on this machine Docker is the user's, only checked here.
 """
 
 from __future__ import annotations
