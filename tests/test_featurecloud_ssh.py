@@ -10,7 +10,8 @@ without only its own link's); nothing leaves the namespaces the test made. Then
 
 Installing real Docker is not tested: the hosts share this machine's system folders, where
 no Docker engine can run, so ``apt-get`` (and ``service``/``systemctl``) are masked on every
-host, and a host has either the ``docker`` stand-in or no Docker at all.
+host, and a host has the ``docker`` stand-in, this machine's docker CLI without an engine, or
+no Docker at all; the install path runs against stand-ins of ``apt-get`` and ``service``.
 """
 
 from __future__ import annotations
@@ -290,3 +291,41 @@ def test_provisioning_installs_the_real_featurecloud_cli_in_its_own_environment(
     assert f"site site-e (ssh://{e.user}@{e.address}:{e.port}): cannot reach {website} (" in message
     assert f"{website}/v2/ (" in message and "needs the internet at every site" in message
     assert not (e.home / ".fedsim" / "envs" / cli.key).exists()  # nothing installed there
+
+
+def test_a_site_without_docker_gets_it_from_apt_get_and_its_engine_started(
+    hosts, world, home: Path, standin_cli: Path, tmp_path: Path
+) -> None:
+    """The install path, with stand-ins of ``apt-get`` and ``service`` in the host's
+    ``~/.local/bin`` (the real ones are masked on the hosts: real Docker is never installed
+    here): what fedsim asks the package manager for, then the engine started; a second
+    provisioning leaves it as it is."""
+    network, (_, _, c, *_) = hosts
+    _, port = world
+    programs = c.home / ".local" / "bin"
+    programs.mkdir(parents=True, exist_ok=True)
+    (programs / "docker").unlink(missing_ok=True)  # this site has no Docker yet
+    for name in ("apt-get", "service"):
+        shutil.copy(STANDIN_BIN / name, programs / name)
+    shutil.copy(STANDIN_BIN / "docker", programs / "docker.deb-standin")
+    state = c.home / ".featurecloud-standin"
+    try:
+        site = {**ssh_site("site-c", c), "inputs": [str(DATA / "site-c")]}
+        table = featurecloud_table(hosts[1][0], port, standin_cli)
+        config = featurecloud_config(tmp_path, [site], table)
+        done = fedsim_in_hub(network, home, "provision", str(config))
+        assert done.returncode == 0, done.stderr[-4000:]
+        assert "│ docker │ installed │" in " ".join(done.stdout.split()), done.stdout
+        asked = (state / "apt-get.log").read_text().splitlines()
+        assert asked == ["update -q", "install -y -q docker.io"]
+        assert (programs / "docker").is_file() and not (state / "docker-stopped").exists()
+
+        again = fedsim_in_hub(network, home, "provision", str(config))
+        assert again.returncode == 0, again.stderr[-4000:]
+        assert "│ docker │ already there │" in " ".join(again.stdout.split()), again.stdout
+        assert "0 of 1 SSH sites changed" in again.stdout
+        assert (state / "apt-get.log").read_text().splitlines() == asked
+    finally:
+        for name in ("apt-get", "service", "docker.deb-standin"):
+            (programs / name).unlink(missing_ok=True)
+        (state / "apt-get.log").unlink(missing_ok=True)

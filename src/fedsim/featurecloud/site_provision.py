@@ -11,9 +11,9 @@ At each site, after fedsim's agent environment (which holds ``fedsim fc``), in t
    is; one without gets Debian's ``docker.io`` (``apt-get``, as root or with ``sudo -n``;
    a clear error if neither, or if the site has no ``apt-get``). Then Docker's engine must
    answer ``docker info``; if it does not, it is started (``systemctl``, else ``service``).
-   Installing real Docker is not exercised by fedsim's tests: its hosts share the test
-   machine's system folders, where no engine can run; they check the rest against a
-   ``docker`` stand-in.
+   Installing real Docker is not exercised by fedsim's tests: their hosts share the test
+   machine's system folders, where no engine can run; they run this script against
+   stand-ins of ``docker``, ``apt-get`` and ``service`` (and never as a non-root user).
 3. **The featurecloud CLI**: the ``FeatureCloud`` package pins old libraries (click,
    urllib3, docker), so it never enters fedsim's environment: it gets an environment of
    its own at the site, made like an app's from a wheelhouse built here (nothing is
