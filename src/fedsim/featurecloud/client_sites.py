@@ -71,9 +71,8 @@ class ClientSite(Protocol):
     def data_dir(self) -> str:
         """The FeatureCloud controller's data folder at the site."""
 
-    def featurecloud_cli(self) -> str | None:
-        """The ``featurecloud`` CLI of its own environment at the site; None: the one on
-        its PATH."""
+    def featurecloud_cli(self) -> str:
+        """The ``featurecloud`` CLI of its own environment at the site (known once open)."""
 
     def fc(self, args: Sequence[str], stdin: str = "") -> Answer:
         """``fedsim fc ARGS --env-file <the site's own>`` at the site; secrets only on stdin."""
@@ -120,7 +119,7 @@ class LocalClientSite:
     def data_dir(self) -> str:
         return str(self._folder / DATA_DIR)
 
-    def featurecloud_cli(self) -> str | None:
+    def featurecloud_cli(self) -> str:
         return self._cli
 
     def fc(self, args: Sequence[str], stdin: str = "") -> Answer:
@@ -197,7 +196,7 @@ class SshClientSite:
     def data_dir(self) -> str:
         return f"{self._workdir}/{DATA_DIR}"
 
-    def featurecloud_cli(self) -> str | None:
+    def featurecloud_cli(self) -> str:
         return self._cli
 
     def _shell(self, command: str) -> None:

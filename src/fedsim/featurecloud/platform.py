@@ -315,9 +315,8 @@ def _console_line(line: str) -> tuple[int, str]:
 
 
 def _cli_option(place: ClientSite) -> list[str]:
-    """``fedsim fc controller``'s option naming the site's provisioned featurecloud CLI."""
-    cli = place.featurecloud_cli()
-    return [] if cli is None else ["--featurecloud-cli", cli]
+    """``fedsim fc controller``'s option naming the featurecloud CLI of the site's own."""
+    return ["--featurecloud-cli", place.featurecloud_cli()]
 
 
 def _last_line(answer: Answer) -> str:
