@@ -63,6 +63,8 @@ from fedsim.stopping import Stopper, StopSignal
 
 log = get_logger("run")
 WATCH_INTERVAL = 0.05
+"""How often a step's sites are looked at, at least; each look costs in proportion to the
+number of sites, so a large run looks less often (``watch_interval``)."""
 PARTICIPANT_GRACE = 10.0
 """After the coordinator finishes, participants get this long to finish on their own."""
 LOG_TAIL_LINES = 20
@@ -74,6 +76,12 @@ STARTING_AT_ONCE = max(4, 2 * (os.cpu_count() or 1))
 """Sites whose apps start at the same time (spawned, not yet answering). Starting an app
 imports its libraries, which is CPU-bound: a hundred at once on two cores would each take
 minutes and reach the agent's start-up timeout; a few at a time finish as soon, in total."""
+
+
+def watch_interval(sites: int) -> float:
+    """``WATCH_INTERVAL`` up to 100 sites, then growing with them to 0.25 s at 500 (a site's
+    end is still seen well within a second): the watch stays a small part of a core."""
+    return min(0.5, max(WATCH_INTERVAL, sites / 2000))
 
 
 def agent_launch(config: RunConfig, site: str) -> AgentLaunch:
@@ -525,7 +533,7 @@ class Run:
         rec = step.sites[name]
         deadline = time.monotonic() + agent_launch(self.config, name).startup_timeout + 10
         while time.monotonic() < deadline and not self._cancel_start.is_set():
-            if name in step.relay_state.site_statuses():
+            if step.relay_state.has_reported(name):
                 return
             if rec.running is None or rec.running.poll() is not None:
                 return
@@ -539,6 +547,7 @@ class Run:
         if step.relay_state is not None and step.relay_state.faults is not None:
             step.relay_state.faults.start_clock(last_exit)
         changed, written = False, 0.0
+        interval = watch_interval(len(step.sites))
         while True:
             now = time.time()
             for rec in step.sites.values():
@@ -592,7 +601,7 @@ class Run:
                     f"timeout: the run took longer than {self.config.timeout:g} s "
                     f"(sites still running: {names})"
                 )
-            time.sleep(WATCH_INTERVAL)
+            time.sleep(interval)
 
     def _check_violations(self, step: StepRecord) -> None:
         """A site whose agent sent the relay something malformed or forbidden fails, named:
