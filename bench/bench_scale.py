@@ -43,6 +43,18 @@ FLOWER = Path(__file__).resolve().parent / "flower_mean.py"
 ROWS, COLUMNS = 1000, 10
 TOLERANCE = 1e-9
 """Relative difference allowed between a federated mean and the pooled one."""
+MIN_AVAILABLE = 1.5 * 2**30
+"""A run is ended (SIGTERM, so that fedsim still writes its record) when the machine's
+available memory falls below this: a benchmark must not push the machine into the OOM killer."""
+
+
+def available_memory() -> int:
+    """``MemAvailable`` of /proc/meminfo, in bytes."""
+    with open("/proc/meminfo") as handle:
+        for line in handle:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 0
 
 
 def write_run(folder: Path, n: int) -> Path:
@@ -109,17 +121,23 @@ def measure(
     """Wall seconds and peak tree memory of one command, and what it printed; with the
     trees of the processes ``also`` (where its sites live when they are not its children:
     a cluster's workers)."""
+    load = os.getloadavg()[0]  # other work on the machine: figures are compared within a run
     start = time.monotonic()
     process = subprocess.Popen(
         argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
     )
     peak = [0, 0]
     done = threading.Event()
+    short_of_memory: list[int] = []
 
     def sample() -> None:
         while not done.is_set():
             rss, pss = tree_memory([p for root in (process.pid, *also) for p in process_tree(root)])
             peak[0], peak[1] = max(peak[0], rss), max(peak[1], pss)
+            available = available_memory()
+            if available < MIN_AVAILABLE and not short_of_memory:
+                short_of_memory.append(available)
+                process.terminate()
             done.wait(0.5)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -128,9 +146,20 @@ def measure(
     wall = time.monotonic() - start
     done.set()
     sampler.join()
+    if short_of_memory:
+        raise SystemExit(
+            f"{argv} ended after {wall:.0f} s: the machine had {short_of_memory[0] / 2**30:.2f}"
+            f" GiB available (peak tree PSS {peak[1] / 2**30:.2f} GiB,"
+            f" RSS {peak[0] / 2**30:.2f} GiB)"
+        )
     if process.returncode != 0:
         raise SystemExit(f"{argv} failed:\n{stderr[-3000:]}")
-    figures = {"wall_s": round(wall, 2), "rss_gib": peak[0] / 2**30, "pss_gib": peak[1] / 2**30}
+    figures = {
+        "wall_s": round(wall, 2),
+        "rss_gib": peak[0] / 2**30,
+        "pss_gib": peak[1] / 2**30,
+        "load_before": load,
+    }
     return figures, stdout
 
 
@@ -233,7 +262,8 @@ def main() -> None:
             print(
                 f"{n:>4} sites, {key:>6}: {figures['wall_s']:7.1f} s "
                 f"({figures['wall_over_floor']}x the floor of {bare:.1f} s), "
-                f"RSS {figures['rss_gib']:.2f} GiB, PSS {figures['pss_gib']:.2f} GiB",
+                f"RSS {figures['rss_gib']:.2f} GiB, PSS {figures['pss_gib']:.2f} GiB, "
+                f"load average {figures['load_before']:.1f} before",
                 flush=True,
             )
     per_site = {}

@@ -63,13 +63,25 @@ from fedsim.stopping import Stopper, StopSignal
 
 log = get_logger("run")
 WATCH_INTERVAL = 0.05
+"""How often a step's sites are looked at, at least; each look costs in proportion to the
+number of sites, so a large run looks less often (``watch_interval``)."""
 PARTICIPANT_GRACE = 10.0
 """After the coordinator finishes, participants get this long to finish on their own."""
 LOG_TAIL_LINES = 20
+SUMMARY_INTERVAL = 1.0
+"""While a step runs, ``summary.json`` is rewritten when a site's state changed, at most this
+often: a hundred sites finishing together would each rewrite it whole (each rewrite costs
+in proportion to the number of sites)."""
 STARTING_AT_ONCE = max(4, 2 * (os.cpu_count() or 1))
 """Sites whose apps start at the same time (spawned, not yet answering). Starting an app
 imports its libraries, which is CPU-bound: a hundred at once on two cores would each take
 minutes and reach the agent's start-up timeout; a few at a time finish as soon, in total."""
+
+
+def watch_interval(sites: int) -> float:
+    """``WATCH_INTERVAL`` up to 100 sites, then growing with them to 0.25 s at 500 (a site's
+    end is still seen well within a second): the watch stays a small part of a core."""
+    return min(0.5, max(WATCH_INTERVAL, sites / 2000))
 
 
 def agent_launch(config: RunConfig, site: str) -> AgentLaunch:
@@ -163,8 +175,14 @@ class Run:
 
     # --- the record ------------------------------------------------------------------------
 
-    def _site_summary(self, name: str, traffic: dict[str, list[int]]) -> dict[str, Any]:
-        """``traffic``: site -> [messages sent, bytes sent, messages received, bytes received]."""
+    def _site_summary(
+        self,
+        name: str,
+        traffic: dict[str, list[int]],
+        statuses: dict[int, dict[str, dict[str, Any]]],
+    ) -> dict[str, Any]:
+        """``traffic``: site -> [messages sent, bytes sent, messages received, bytes received];
+        ``statuses``: step -> site -> its app's last reported state."""
         placement = self._sites.placements.get(name) if self._sites is not None else None
         where = {"placement": placement.describe() if placement is not None else {}}
         ran = [s for s in self.steps if name in s.sites]
@@ -197,7 +215,7 @@ class Run:
             "started": iso(ran[0].sites[name].started),
             "ended": iso(last.ended),
             **counts,
-            "app": state.site_statuses().get(name, {}) if state else {},
+            "app": statuses.get(ran[-1].index, {}).get(name, {}),
             "memory": {
                 **(state.memory_report(name) if state else {}),
                 **(last.running.memory() if last.running is not None else {}),
@@ -213,9 +231,11 @@ class Run:
     def summary(self) -> dict[str, Any]:
         # the relay's running totals: the cost of a summary does not grow with the traffic
         per_site: dict[str, list[int]] = {}
+        statuses: dict[int, dict[str, dict[str, Any]]] = {}
         for step in self.steps:
             if step.relay_state is None:
                 continue
+            statuses[step.index] = step.relay_state.site_statuses()
             for site, t in step.relay_state.site_traffic().items():
                 totals = per_site.setdefault(site, [0, 0, 0, 0])
                 for i, n in enumerate((t.sent, t.bytes_sent, t.received, t.bytes_received)):
@@ -246,7 +266,9 @@ class Run:
                 }
                 for s in self.steps
             ],
-            "sites": {s.name: self._site_summary(s.name, per_site) for s in self.config.sites},
+            "sites": {
+                s.name: self._site_summary(s.name, per_site, statuses) for s in self.config.sites
+            },
             "faults": [
                 {"step": s.index, **event}
                 for s in self.steps
@@ -511,7 +533,7 @@ class Run:
         rec = step.sites[name]
         deadline = time.monotonic() + agent_launch(self.config, name).startup_timeout + 10
         while time.monotonic() < deadline and not self._cancel_start.is_set():
-            if name in step.relay_state.site_statuses():
+            if step.relay_state.has_reported(name):
                 return
             if rec.running is None or rec.running.poll() is not None:
                 return
@@ -524,6 +546,8 @@ class Run:
         last_exit = time.time()
         if step.relay_state is not None and step.relay_state.faults is not None:
             step.relay_state.faults.start_clock(last_exit)
+        changed, written = False, 0.0
+        interval = watch_interval(len(step.sites))
         while True:
             now = time.time()
             for rec in step.sites.values():
@@ -544,9 +568,11 @@ class Run:
                         f"last lines of its log:\n{rec.tail_text()}"
                     )
                 rec.status = "finished"
-                last_exit = now
+                last_exit, changed = now, True
                 log.info("site %s finished", rec.name)
+            if changed and now - written >= SUMMARY_INTERVAL:
                 self.run_dir.write_summary(self.summary())
+                changed, written = False, now
             display.tick()
             self._check_violations(step)
             self._check_faults(step)
@@ -575,7 +601,7 @@ class Run:
                     f"timeout: the run took longer than {self.config.timeout:g} s "
                     f"(sites still running: {names})"
                 )
-            time.sleep(WATCH_INTERVAL)
+            time.sleep(interval)
 
     def _check_violations(self, step: StepRecord) -> None:
         """A site whose agent sent the relay something malformed or forbidden fails, named:
@@ -658,36 +684,48 @@ class Run:
         return "\n".join(lines)
 
     def _stop_and_collect(self, step: StepRecord, relay: RelayServer | None) -> None:
+        """Every site stopped, then every site's outputs fetched: each for all sites at once
+        (a site's stop waits for its processes to end; a hundred in turn add up)."""
+        assert self._sites is not None
         now = time.time()
-        for rec in step.sites.values():
-            if rec.running is None:
-                continue
+
+        def stop(name: str, _: Placement) -> None:
+            rec = step.sites[name]
+            assert rec.running is not None
             rec.running.stop()
             if rec.status == "running":
                 rec.status, rec.ended = "stopped", now
                 rec.exit_code = rec.running.poll()
+
+        self._sites.each("stop", stop, [n for n, r in step.sites.items() if r.running is not None])
         if relay is not None:
             relay.stop()
-        for name, rec in step.sites.items():
-            skipped: list[Skipped] = []
-            if rec.running is not None and self._sites is not None:
-                # the app wrote that folder: regular files and folders only, no link followed
-                try:
-                    skipped += self._sites.placements[name].fetch_outputs(rec.output_dir)
-                except FedsimError as exc:  # a site that is gone: the others are still fetched
-                    log.error("site %s: its outputs could not be fetched: %s", name, exc)
-                    skipped.append(Skipped(".", f"not fetched: {exc}"))
-            rec.output_dir.mkdir(parents=True, exist_ok=True)
-            if step.label:  # a workflow's result is its last step's output
-                final = self.run_dir.site_dir(name) / "output"
-                shutil.rmtree(final, ignore_errors=True)
-                skipped += copy_tree(rec.output_dir, final)
-            skipped += self.run_dir.zip_output(name)
-            rec.skipped_outputs = skipped
-            for item in skipped:
-                message = f"skipped {item.path!r}: {item.reason}"  # repr: names may hold newlines
-                rec.on_line(FIELD_SEPARATOR.join(("output", "WARNING", message)))
+        self._sites.each("hand over its outputs", lambda name, _: self._collect(step, name),
+                         list(step.sites))  # fmt: skip
         self.run_dir.write_summary(self.summary())
+
+    def _collect(self, step: StepRecord, name: str) -> None:
+        """One site's outputs of the step into the run directory, what was skipped said."""
+        assert self._sites is not None
+        rec = step.sites[name]
+        skipped: list[Skipped] = []
+        if rec.running is not None:
+            # the app wrote that folder: regular files and folders only, no link followed
+            try:
+                skipped += self._sites.placements[name].fetch_outputs(rec.output_dir)
+            except FedsimError as exc:  # a site that is gone: the others are still fetched
+                log.error("site %s: its outputs could not be fetched: %s", name, exc)
+                skipped.append(Skipped(".", f"not fetched: {exc}"))
+        rec.output_dir.mkdir(parents=True, exist_ok=True)
+        if step.label:  # a workflow's result is its last step's output
+            final = self.run_dir.site_dir(name) / "output"
+            shutil.rmtree(final, ignore_errors=True)
+            skipped += copy_tree(rec.output_dir, final)
+        skipped += self.run_dir.zip_output(name)
+        rec.skipped_outputs = skipped
+        for item in skipped:
+            message = f"skipped {item.path!r}: {item.reason}"  # repr: names may hold newlines
+            rec.on_line(FIELD_SEPARATOR.join(("output", "WARNING", message)))
 
 
 def run(config: RunConfig) -> RunResult:

@@ -9,8 +9,12 @@ import importlib
 import os
 import runpy
 import sys
+import time
 
 SHORT_WAITS = {"DATA_POLL_INTERVAL": 0.01, "TRANSITION_WAIT": 0.01, "TERMINAL_WAIT": 0.2}
+SETUP_WAIT = 0.01
+"""What the controller's ``/setup`` handler sleeps instead of its 1 s before it answers: the
+agent waits for that answer, so the sleep paces nothing (a hundred sites paid it in turn)."""
 SITE_ENV = "/run/fedsim-app/site.env"
 """The site's own secrets, when it has an env file: put into the app's environment."""
 
@@ -41,6 +45,22 @@ ENGINES = ("FeatureCloud.app.engine.app", "engine.app")
 """Where an app's engine lives: the pip package, or a copy the app carries as
 ``engine/app.py`` (FeatureCloud's app template and several published apps do)."""
 VENDORED = os.path.join("engine", "app.py")
+CONTROLLERS = ("FeatureCloud.app.api.http_ctrl", "api.http_ctrl")
+"""Where an app's controller API lives (``api/http_ctrl.py`` in a vendored copy)."""
+
+
+class _ShortSleeps:
+    """The ``time`` module as a controller module sees it, with its sleeps cut to
+    ``SETUP_WAIT``; everything else is the module's own."""
+
+    def __init__(self, module):
+        self._module = module
+
+    def __getattr__(self, name):
+        return getattr(self._module, name)
+
+    def sleep(self, seconds):
+        self._module.sleep(min(seconds, SETUP_WAIT))
 
 
 def shorten_waits(app_dir: str) -> None:
@@ -58,6 +78,17 @@ def shorten_waits(app_dir: str) -> None:
         for name, value in SHORT_WAITS.items():
             if hasattr(engine, name):
                 setattr(engine, name, value)
+    for module in CONTROLLERS:
+        if module == "api.http_ctrl" and not os.path.isfile(
+            os.path.join(app_dir, "api", "http_ctrl.py")
+        ):
+            continue
+        try:
+            controller = importlib.import_module(module)
+        except ImportError:
+            continue
+        if getattr(controller, "time", None) is time:
+            controller.time = _ShortSleeps(time)
     if not found:
         print("fedsim: no FeatureCloud engine in this app; waits left as they are", file=sys.stderr)
 

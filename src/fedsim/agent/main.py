@@ -23,7 +23,7 @@ from fedsim.agent.exchange import Exchange
 from fedsim.agent.launch import AgentLaunch
 from fedsim.agent.protocol import AppStatus, parse_status, setup_body
 from fedsim.logs import configure_agent_stdout, counted, get_logger
-from fedsim.relay.client import RelayClient
+from fedsim.relay.client import RelayClient, plain_http_context
 
 log = get_logger("agent")
 
@@ -33,6 +33,10 @@ IDLE_POLL_MAX = 0.5
 after each change and backs off by ``IDLE_BACKOFF``): a hundred idle sites cost next to
 nothing, and an app's error is still seen well within 2 s."""
 IDLE_BACKOFF = 1.5
+INBOX_WAIT = 10.0
+"""How long one long poll of the relay waits for a message: a message is handed over as it
+arrives whatever this is, so it only sets how often an idle site asks (a hundred sites asking
+every second cost a good part of a core)."""
 
 
 class AgentError(RuntimeError):
@@ -48,13 +52,15 @@ class Agent:
         self._relay_out = RelayClient(relay, config.site, token, ca)
         self._relay_in = RelayClient(relay, config.site, token, ca)
         self._relay_inbox_out = RelayClient(relay, config.site, token, ca)
-        self._app_out = httpx.Client(base_url=config.app_url, timeout=30.0)
+        self._app_out = httpx.Client(
+            base_url=config.app_url, timeout=30.0, verify=plain_http_context()
+        )
         self._exchange = Exchange(
             config.site,
             list(config.clients),
             config.coordinator,
             config.seed,
-            app=httpx.Client(base_url=config.app_url, timeout=30.0),
+            app=httpx.Client(base_url=config.app_url, timeout=30.0, verify=plain_http_context()),
             relay=self._relay_inbox_out,
         )
         self._stop = threading.Event()
@@ -108,7 +114,7 @@ class Agent:
         seen: set[int] = set()
         try:
             while not self._stop.is_set():
-                message = self._relay_in.receive(wait=1.0)
+                message = self._relay_in.receive(wait=INBOX_WAIT)
                 if message is None:
                     continue
                 if message.id is not None and message.id in seen:

@@ -246,6 +246,12 @@ class RelayState:
         with self._lock:
             return {k: dict(v) for k, v in self.statuses.items()}
 
+    def has_reported(self, site: str) -> bool:
+        """Whether ``site`` reported a state yet; asked often while sites start, so it copies
+        nothing (``site_statuses`` copies every site's)."""
+        with self._lock:
+            return site in self.statuses
+
     def site_traffic(self) -> dict[str, SiteTraffic]:
         """Site -> its totals so far (copies: safe to read from any thread)."""
         with self._lock:
