@@ -229,6 +229,14 @@ def test_provisioning_twice_changes_nothing_the_second_time(
     envs = host.ssh("ls ~/.fedsim/envs").stdout.split()
     assert len([e for e in envs if e.startswith("agent-")]) == 1
     assert len([e for e in envs if e.startswith("app-")]) == 1
+    # what runs is byte-compiled (the sandbox keeps the environment read-only), the
+    # packages' own test suites are not (a third of the code, never imported by a run)
+    compiled = host.ssh(
+        "cd ~/.fedsim/envs/app-*/lib/python3*/site-packages && "
+        "ls pandas/core/__pycache__/frame.*.pyc numpy/__pycache__/__init__.*.pyc | wc -l; "
+        "find pandas/tests numpy -path '*/tests/*.pyc' | wc -l"
+    ).stdout.split()
+    assert compiled == ["2", "0"], compiled
     doctor = fedsim_in_hub(ssh_hosts, home, "doctor", str(config), "--json")
     assert doctor.returncode == 0, doctor.stderr
     rows = {row["site"]: row for row in json.loads(doctor.stdout)["sites"]}
