@@ -107,6 +107,7 @@ def test_the_mean_example_across_three_ssh_sites(hosts, home: Path, tmp_path: Pa
         assert placement["kind"] == "ssh" and host.address in placement["location"]
         assert placement["sandboxed"] is True
         assert abs(placement["clock_offset_s"]) < 0.5  # one kernel's clock, a fast link
+        assert placement["provisioning_s"] > 0  # at least the check that the agent is there
         log = (run_dir / "sites" / name / "site.log").read_text()
         assert "app" in log and "finished" in log.lower()
         assert (run_dir / "sites" / name / "results.zip").is_file()

@@ -152,6 +152,9 @@ def test_the_mean_example_on_three_vms(world: LibvirtWorld, tmp_path: Path) -> N
         for name in DATA:
             placement = summary["sites"][name]["placement"]
             assert placement["kind"] == "vagrant" and placement["sandboxed"] is True, placement
+            # fresh VMs: the agent's environment and the app's installed, from the wheelhouses
+            assert len(placement["installed"]) == 2, placement
+            print(f"{name}: provisioning (cold) {placement['provisioning_s']:.1f} s")
 
         again = fedsim(world, "vm", "up", str(config))
         assert again.returncode == 0, again.stderr[-4000:]
