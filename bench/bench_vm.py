@@ -112,7 +112,7 @@ def main() -> None:
         hosts = network(3)
         work = Path(tmp)
         home = make_home(work, network.known_hosts)
-        head = f'shorten_waits = true\ntimeout = 900\noutput_dir = "{work}/runs"'
+        head = f'shorten_waits = true\ntimeout = 1800\noutput_dir = "{work}/runs"'
         inputs = {s: {"inputs": [str(DATA / s)]} for s in SITES}
         local = write_config(work, [{"name": s, **inputs[s]} for s in SITES], head, "local.toml")
         ssh = write_config(
