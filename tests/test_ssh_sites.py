@@ -107,6 +107,7 @@ def test_the_mean_example_across_three_ssh_sites(hosts, home: Path, tmp_path: Pa
         assert placement["kind"] == "ssh" and host.address in placement["location"]
         assert placement["sandboxed"] is True
         assert abs(placement["clock_offset_s"]) < 0.5  # one kernel's clock, a fast link
+        assert placement["provisioning_s"] > 0  # at least the check that the agent is there
         log = (run_dir / "sites" / name / "site.log").read_text()
         assert "app" in log and "finished" in log.lower()
         assert (run_dir / "sites" / name / "results.zip").is_file()
@@ -229,6 +230,14 @@ def test_provisioning_twice_changes_nothing_the_second_time(
     envs = host.ssh("ls ~/.fedsim/envs").stdout.split()
     assert len([e for e in envs if e.startswith("agent-")]) == 1
     assert len([e for e in envs if e.startswith("app-")]) == 1
+    # what runs is byte-compiled (the sandbox keeps the environment read-only), the
+    # packages' own test suites are not (a third of the code, never imported by a run)
+    compiled = host.ssh(
+        "cd ~/.fedsim/envs/app-*/lib/python3*/site-packages && "
+        "ls pandas/core/__pycache__/frame.*.pyc numpy/__pycache__/__init__.*.pyc | wc -l; "
+        "find pandas/tests numpy -path '*/tests/*.pyc' | wc -l"
+    ).stdout.split()
+    assert compiled == ["2", "0"], compiled
     doctor = fedsim_in_hub(ssh_hosts, home, "doctor", str(config), "--json")
     assert doctor.returncode == 0, doctor.stderr
     rows = {row["site"]: row for row in json.loads(doctor.stdout)["sites"]}

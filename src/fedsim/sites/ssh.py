@@ -147,6 +147,7 @@ class SshPlacement:
         self.clock_offset = 0.0
         self.sandboxed = True
         self.provisioned: dict[str, Provisioned] = {}
+        self.provisioning_s = 0.0
 
     # --- Placement -------------------------------------------------------------------------
 
@@ -156,14 +157,26 @@ class SshPlacement:
             "location": f"ssh://{self.target.address}",
             "sandboxed": self.sandboxed,
             "clock_offset_s": round(self.clock_offset, 4),
+            # what this run installed at the site, and the time it took to find or install
+            # its environments (a first run on a fresh host against the later ones)
+            "installed": sorted(n for n, p in self.provisioned.items() if p.installed),
+            "provisioning_s": round(self.provisioning_s, 2),
         }
+
+    def _provision(self, name: str, wheelhouse: Wheelhouse) -> Provisioned:
+        """The environment of ``wheelhouse`` at the site (installed if missing), timed."""
+        start = time.monotonic()
+        session = self._need_session()
+        done = self._family.loop.call(provision(session, wheelhouse, self.workdir))
+        self.provisioning_s += time.monotonic() - start
+        self.provisioned[name] = done
+        return done
 
     def open(self) -> None:
         loop = self._family.loop
         self._session = loop.call(connect(self.name, self.target))
         self.workdir = loop.call(remote_home_path(self._session, self.target.workdir))
-        agent = loop.call(provision(self._session, self._family.agent_wheels(), self.workdir))
-        self.provisioned["agent"] = agent
+        agent = self._provision("agent", self._family.agent_wheels())
         self.folder = f"{self.workdir}/runs/{_run_folder(self._run_id)}"
         loop.call(self._shell(f"umask 077 && mkdir -p {shlex.quote(self.folder)}"))
         loop.call(self._start_host(agent.env))
@@ -190,10 +203,8 @@ class SshPlacement:
     def prepare(self, app: AppBundle) -> None:
         """The app's environment installed at the site from its wheelhouse (once per host),
         the app's folder uploaded for this run."""
-        session = self._need_session()
         loop = self._family.loop
-        provisioned = loop.call(provision(session, self._family.app_wheels(app.env), self.workdir))
-        self.provisioned[app.env.name] = provisioned
+        provisioned = self._provision(app.env.name, self._family.app_wheels(app.env))
         remote_app = f"{self.folder}/apps/{len(self._apps) + 1}"
         loop.call(self._upload(app.app_dir, remote_app))
         self._request("prepare", app_dir=remote_app, env=provisioned.env)
