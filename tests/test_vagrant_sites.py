@@ -81,8 +81,9 @@ def fedsim(
 
 @pytest.fixture(scope="module")
 def world(app_environment: Path) -> Iterator[LibvirtWorld]:
-    """The box (built once, then cached), the wheelhouses (built here: the world has no
-    route out), and a libvirtd of the test's own."""
+    """The box (``scripts/setup --tests`` builds it as root; here it is found in the cache),
+    the wheelhouses (built here: the world has no route out), and a libvirtd of the test's
+    own."""
     built = fedsim(None, "vm", "build-box", "--name", BOX)
     assert built.returncode == 0, built.stderr[-4000:]
     print(built.stdout.strip())
