@@ -160,13 +160,19 @@ class SiteHost:
         return {"skipped": [[s.path, s.reason] for s in skipped]}
 
     def op_close(self, _: dict[str, Any]) -> None:
-        """Answered, then the loop ends and ``close`` runs."""
+        """The site stopped and its place removed before the answer: the orchestrator then
+        removes the run's folder, which must not race with this host still removing within
+        it (under load it did, and the folder stayed). The loop then ends."""
+        self.close()
 
     def close(self) -> None:
-        if self._placement is not None:
-            self._placement.close()
-        if self._uids is not None:
-            self._uids.close()
+        """Idempotent: the close request does it, and the loop's end again."""
+        placement, uids = self._placement, self._uids
+        self._placement = self._uids = None
+        if placement is not None:
+            placement.close()
+        if uids is not None:
+            uids.close()
 
 
 def serve(inp: IO[str], out: IO[str]) -> None:
