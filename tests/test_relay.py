@@ -185,3 +185,35 @@ def test_a_site_cannot_acknowledge_another_sites_message(relay) -> None:
     assert state.snapshot()[0][0].read is None
     client(sock, "hub").ack(message)
     assert state.snapshot()[0][0].read is not None
+
+
+def test_a_long_poll_pending_when_the_relay_stops_answers_at_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An idle agent polls for 10 s at a time: the relay stopping must answer that poll, not
+    leave it for the server's graceful shutdown to cancel with an error and a traceback."""
+    import threading
+
+    state = RelayState(Routing(SITES, "hub"), dict(TOKENS))
+    sock = tmp_path / "relay.sock"
+    answered: list[float] = []
+    server = RelayServer(state, sock)
+    server.start()
+    with RelayClient(str(sock), "clinic", TOKENS["clinic"]) as clinic:
+
+        def poll() -> None:
+            assert clinic.receive(wait=20) is None
+            answered.append(time.monotonic())
+
+        poller = threading.Thread(target=poll)
+        poller.start()
+        mailbox, deadline = state.mailbox("clinic"), time.monotonic() + 30
+        while not mailbox._getters and time.monotonic() < deadline:  # asyncio has no public count
+            time.sleep(0.02)  # until the poll waits at the relay
+        assert mailbox._getters, "the poll never reached the relay"
+        stopped = time.monotonic()
+        with caplog.at_level("ERROR"):
+            server.stop()
+        poller.join(timeout=10)
+    assert answered and answered[0] - stopped < 1.0, answered
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text

@@ -37,7 +37,7 @@ from fedsim.relay.kinds import (
     MESSAGE_ID_HEADER,
     SENDER_HEADER,
 )
-from fedsim.relay.state import RelayState
+from fedsim.relay.state import Message, RelayState
 from fedsim.relay.validation import (
     MAX_WAIT,
     Refused,
@@ -112,6 +112,22 @@ async def _faulty(state: RelayState, action: str) -> Response:
     return _error(503, "the site's link is down (injected fault)")
 
 
+async def _next(
+    mailbox: asyncio.Queue[Message], stopping: asyncio.Event, wait: float
+) -> Message | None:
+    """The mailbox's next message within ``wait`` seconds; None if none came, or at once
+    when the relay stops. A message that arrives as the wait is cancelled stays queued."""
+    getter = asyncio.ensure_future(mailbox.get())
+    stopped = asyncio.ensure_future(stopping.wait())
+    try:
+        await asyncio.wait((getter, stopped), timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        if not getter.done():
+            getter.cancel()
+    return getter.result() if getter.done() and not getter.cancelled() else None
+
+
 def create_app(state: RelayState) -> Starlette:
     limits = state.limits
 
@@ -145,11 +161,11 @@ def create_app(state: RelayState) -> Starlette:
             mailbox.put_nowait(message)
         try:
             message = (
-                mailbox.get_nowait()
-                if wait == 0
-                else await asyncio.wait_for(mailbox.get(), timeout=wait)
+                mailbox.get_nowait() if wait == 0 else await _next(mailbox, state.stopping, wait)
             )
-        except (asyncio.QueueEmpty, TimeoutError):
+        except asyncio.QueueEmpty:
+            message = None
+        if message is None:
             return Response(status_code=204)
         state.hand_out(caller, message)
         headers = {SENDER_HEADER: message.sender, KIND_HEADER: message.kind}

@@ -13,6 +13,7 @@ handler that prints straight to stderr.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import ssl
@@ -108,6 +109,7 @@ class RelayServer:
             self._port = self._tcp_socket.getsockname()[1]
             self._servers.append((uvicorn.Server(config), [self._tcp_socket]))
         self._thread = threading.Thread(target=self._serve, name="relay", daemon=True)
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._log_handler = _ToRelayLog()
         self._propagated: dict[str, bool] = {}
 
@@ -145,6 +147,7 @@ class RelayServer:
             return loop
 
         with asyncio.Runner(loop_factory=new_loop) as runner:
+            self._loop = runner.get_loop()
             runner.run(serve_all())
 
     @property
@@ -184,6 +187,9 @@ class RelayServer:
 
     def stop(self) -> None:
         self.state.closing.set()  # requests held by an injected hang are let go
+        if self._loop is not None:  # long polls answer now, within the graceful shutdown
+            with contextlib.suppress(RuntimeError):  # the loop has already ended
+                self._loop.call_soon_threadsafe(self.state.stopping.set)
         for server, _ in self._servers:
             server.should_exit = True
         if self._thread.is_alive():

@@ -88,6 +88,10 @@ class RelayState:
     """Faults injected at sites (``faults.py``); None: none."""
     closing: threading.Event = field(default_factory=threading.Event)
     """Set when the relay stops: requests an injected hang holds are let go then."""
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set on the relay's loop when it stops: every long poll answers at once. One left
+    waiting out its ``wait`` (10 s from an idle agent) outlasts the server's graceful
+    shutdown, which then cancels it and logs an error with a traceback."""
     violations: list[tuple[str, str]] = field(default_factory=list)
     """(site, what it did) for every request of an authenticated site that the relay refused
     as malformed or forbidden; read it with ``violations_snapshot``."""
