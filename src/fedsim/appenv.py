@@ -7,7 +7,6 @@ so every app with the same requirements shares one, and a changed requirement bu
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import shutil
@@ -16,6 +15,7 @@ import sys
 from collections import deque
 from pathlib import Path
 
+from fedsim.cachelock import cache_lock
 from fedsim.errors import EnvironmentBuildError
 from fedsim.logs import get_logger
 
@@ -68,8 +68,7 @@ def ensure_app_env(
     root = cache_root() / "envs"
     root.mkdir(parents=True, exist_ok=True)
     env = root / key
-    with open(root / f"{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # two runs building the same env take turns
+    with cache_lock(root / f"{key}.lock"):
         if (env / COMPLETE_MARKER).is_file():
             log.debug("app environment %s is cached", env)
             return env

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from fedsim.appenv import COMPLETE_MARKER, cache_root
+from fedsim.cachelock import cache_lock
 from fedsim.logs import FIELD_SEPARATOR
 from fedsim.sites.install import INSTALL_TIMEOUT, install_script
 from fedsim.sites.relay_proxy import RelayProxy
@@ -91,11 +92,13 @@ def provision_env(key: str, python: str, wheels: bytes | None) -> dict[str, Any]
     if wheels is None:
         return {"env": None}
     folder = workdir / "wheels" / key
-    if not (folder / COMPLETE_MARKER).is_file():
-        partial = workdir / "wheels" / f"{key}.partial-{os.getpid()}-{threading.get_ident()}"
-        unpack(wheels, partial)
-        shutil.rmtree(folder, ignore_errors=True)
-        partial.rename(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with cache_lock(folder.parent / f"{key}.lock"):  # workers on one machine share the cache
+        if not (folder / COMPLETE_MARKER).is_file():
+            partial = workdir / "wheels" / f"{key}.partial-{os.getpid()}-{threading.get_ident()}"
+            unpack(wheels, partial)
+            shutil.rmtree(folder, ignore_errors=True)
+            partial.rename(folder)
     done = subprocess.run(
         ["sh", "-c", install_script(str(workdir), key, python)],
         capture_output=True,

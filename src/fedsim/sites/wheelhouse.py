@@ -16,7 +16,6 @@ run from its wheel). Wheelhouses are cached like app environments, by what defin
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import importlib.metadata as metadata
 import shutil
@@ -31,6 +30,7 @@ from packaging.utils import canonicalize_name
 
 import fedsim
 from fedsim.appenv import COMPLETE_MARKER, cache_root, env_python
+from fedsim.cachelock import cache_lock
 from fedsim.errors import EnvironmentBuildError
 from fedsim.logs import get_logger
 from fedsim.rundir import directory_digest
@@ -125,8 +125,7 @@ def _build(key: str, python: str, what: str, fill: Callable[[Path], None]) -> Wh
     root.mkdir(parents=True, exist_ok=True)
     folder = root / key
     minor = _python_minor(python)
-    with open(root / f"{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with cache_lock(root / f"{key}.lock"):
         if not (folder / COMPLETE_MARKER).is_file():
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir()
