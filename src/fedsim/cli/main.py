@@ -43,7 +43,16 @@ def handles_errors(func: F) -> F:
             if debug_tracebacks():
                 raise
             if exc.run_dir:
+                import signal
+
                 from rich.markup import escape
+
+                from fedsim.stopping import STOP_SIGNALS
+
+                # the run is over and recorded: a further Ctrl-C (an impatient user's) must
+                # not turn its exit code into death by signal while it says so and exits
+                for signum in STOP_SIGNALS:
+                    signal.signal(signum, signal.SIG_IGN)
 
                 from fedsim.cli.output import stderr
 
