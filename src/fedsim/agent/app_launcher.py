@@ -44,9 +44,9 @@ def load_site_env(path: str = SITE_ENV) -> None:
 ENGINES = ("FeatureCloud.app.engine.app", "engine.app")
 """Where an app's engine lives: the pip package, or a copy the app carries as
 ``engine/app.py`` (FeatureCloud's app template and several published apps do)."""
-VENDORED = os.path.join("engine", "app.py")
 CONTROLLERS = ("FeatureCloud.app.api.http_ctrl", "api.http_ctrl")
 """Where an app's controller API lives (``api/http_ctrl.py`` in a vendored copy)."""
+PACKAGE = "FeatureCloud."
 
 
 class _ShortSleeps:
@@ -63,30 +63,29 @@ class _ShortSleeps:
         self._module.sleep(min(seconds, SETUP_WAIT))
 
 
+def _importable(app_dir, names):
+    """Those of ``names`` that import: the pip package's module, and a vendored copy only
+    where the app carries its file (a bare ``engine.app`` could be anything on the path)."""
+    for name in names:
+        vendored = os.path.join(app_dir, *name.split(".")) + ".py"
+        if not name.startswith(PACKAGE) and not os.path.isfile(vendored):
+            continue
+        try:
+            yield importlib.import_module(name)
+        except ImportError:
+            continue
+
+
 def shorten_waits(app_dir: str) -> None:
     """Lower the waits of every engine the app may use; a vendored copy has the same module
     constants. Imported before main.py runs, so that main.py gets the patched module."""
     found = False
-    for module in ENGINES:
-        if module == "engine.app" and not os.path.isfile(os.path.join(app_dir, VENDORED)):
-            continue
-        try:
-            engine = importlib.import_module(module)
-        except ImportError:
-            continue
+    for engine in _importable(app_dir, ENGINES):
         found = True
         for name, value in SHORT_WAITS.items():
             if hasattr(engine, name):
                 setattr(engine, name, value)
-    for module in CONTROLLERS:
-        if module == "api.http_ctrl" and not os.path.isfile(
-            os.path.join(app_dir, "api", "http_ctrl.py")
-        ):
-            continue
-        try:
-            controller = importlib.import_module(module)
-        except ImportError:
-            continue
+    for controller in _importable(app_dir, CONTROLLERS):
         if getattr(controller, "time", None) is time:
             controller.time = _ShortSleeps(time)
     if not found:
