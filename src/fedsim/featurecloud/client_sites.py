@@ -37,7 +37,7 @@ import asyncssh
 from fedsim.errors import SiteUnreachable
 from fedsim.featurecloud.site_provision import cli_env, cli_wheelhouse, provision_featurecloud
 from fedsim.safefiles import copy_tree
-from fedsim.sites.provision import provision, remote_home_path
+from fedsim.sites.provision import remote_home_path
 from fedsim.sites.ssh_connect import EventLoopThread, SshSession, connect, upload_secret
 from fedsim.sites.wheelhouse import agent_wheelhouse
 
@@ -178,12 +178,11 @@ class SshClientSite:
         self._session = self._loop.call(connect(self.name, self.target))
         session = self._session
         self._workdir = self._loop.call(remote_home_path(session, self.target.workdir))
-        agent = self._loop.call(provision(session, agent_wheelhouse(), self._workdir))
-        self._python = f"{agent.env}/bin/python"
         cli = cli_wheelhouse(self._settings)
         ready = self._loop.call(
-            provision_featurecloud(session, self._workdir, agent.env, self._settings, cli)
+            provision_featurecloud(session, self._workdir, self._settings, agent_wheelhouse(), cli)
         )
+        self._python = f"{ready.agent.env}/bin/python"
         self._cli = ready.cli
         self._folder = f"{self._workdir}/fc-runs/{self._run_folder}"
         self._shell(f"umask 077 && mkdir -p {shlex.quote(self._folder)}")

@@ -102,11 +102,14 @@ echo "$STATE"
 class FeatureCloudSite:
     """What provisioning left at a site for featurecloud.ai."""
 
+    agent: Provisioned
+    """fedsim's agent environment there: its Python runs ``fedsim fc`` and ``reach.py``."""
     cli: str
     """The ``featurecloud`` program of the CLI's own environment there."""
     docker: str
     """``present`` (left as it was), ``installed`` or ``started`` (its engine)."""
     environment: Provisioned
+    """The CLI's environment."""
 
 
 def cli_env(settings: FeatureCloudConfig) -> Path:
@@ -146,10 +149,16 @@ async def ensure_docker(session: SshSession) -> str:
 
 
 async def provision_featurecloud(
-    session: SshSession, workdir: str, agent_env: str, settings: FeatureCloudConfig, cli: Wheelhouse
+    session: SshSession,
+    workdir: str,
+    settings: FeatureCloudConfig,
+    agent: Wheelhouse,
+    cli: Wheelhouse,
 ) -> FeatureCloudSite:
-    """Reach, Docker and the CLI, in that order (see the module's docstring)."""
-    await check_reach(session, f"{agent_env}/bin/python", settings)
+    """The agent's environment, then reach, Docker and the CLI, in that order (see the
+    module's docstring): what a run's SSH site and ``fedsim provision`` both do."""
+    agent_env = await provision(session, agent, workdir)
+    await check_reach(session, f"{agent_env.env}/bin/python", settings)
     docker = await ensure_docker(session)
     environment = await provision(session, cli, workdir)
     program = f"{environment.env}/bin/featurecloud"
@@ -159,7 +168,7 @@ async def provision_featurecloud(
             f"the featurecloud CLI installed at {program} does not run: "
             f"{' '.join(str(answer.stderr).split()[-30:])}"
         )
-    return FeatureCloudSite(program, docker, environment)
+    return FeatureCloudSite(agent_env, program, docker, environment)
 
 
 def provision_featurecloud_sites(config: RunConfig) -> list[SiteProvisioning]:
@@ -173,13 +182,12 @@ def provision_featurecloud_sites(config: RunConfig) -> list[SiteProvisioning]:
     agent, cli = agent_wheelhouse(), cli_wheelhouse(settings)
 
     async def work(session: SshSession, workdir: str) -> tuple[dict[str, Provisioned], str | None]:
-        done = await provision(session, agent, workdir)
         try:
-            site = await provision_featurecloud(session, workdir, done.env, settings, cli)
+            site = await provision_featurecloud(session, workdir, settings, agent, cli)
         except SiteNotReady as exc:
             raise SiteNotReady(
                 f"site {session.site} (ssh://{session.target.address}): {exc}"
             ) from exc
-        return {agent.key: done, f"{CLI_ENV_NAME} ({cli.key})": site.environment}, site.docker
+        return {agent.key: site.agent, f"{CLI_ENV_NAME} ({cli.key})": site.environment}, site.docker
 
     return on_ssh_sites(config, work)
