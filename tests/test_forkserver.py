@@ -6,10 +6,12 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import sys
 from pathlib import Path
 
 import pytest
 
+from fedsim.sites.local_step import fedsim_runtime_dirs
 from fedsim.sites.uids import FIRST_UID
 from tests.conftest import MEAN_APP, fedsim, run_dir_of, write_run
 from tests.test_isolation import ForkSites, make_site
@@ -49,12 +51,12 @@ def _uids(pid: int) -> set[int]:
     raise AssertionError(f"no Uid line for {pid}")
 
 
-def _names_in_view(pid: int, env: Path) -> set[str]:
-    """File names in the process's mount namespace, outside the system and the app's
-    environment (which hold only what is installed there)."""
+def _names_in_view(pid: int, *trees: Path) -> set[str]:
+    """File names in the process's mount namespace, outside the system and ``trees`` (an
+    environment, fedsim's runtime: they hold only what is installed there)."""
     root = Path(f"/proc/{pid}/root")
     skipped = {root / d for d in ("proc", "sys", "dev", "usr", "etc")} | {
-        root / env.relative_to("/")
+        root / tree.relative_to("/") for tree in trees
     }
     names: set[str] = set()
     for folder, dirs, files in os.walk(root):
@@ -127,3 +129,65 @@ def test_an_environment_below_tmp_stays_whole_in_a_forked_site(
     assert result.returncode == 0, result.stderr
     means = (run_dir_of(result) / "sites" / "clinic" / "output" / "means.csv").read_text()
     assert means.split() == ["column,mean", "x,3", "y,5"]
+
+
+def _status(pid: int) -> dict[str, str]:
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return {key: value.strip() for key, _, value in (line.partition(":") for line in lines)}
+
+
+def test_forked_agents_are_their_sites_agents_and_nothing_more(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, app_environment: Path
+) -> None:
+    """As root each agent is forked by the run's agent server: in its site's network, but in
+    pid and mount namespaces of its own, as a uid of its own (not the app's, not another
+    site's), with no capability, no_new_privs and the filter; the token never touched a file
+    and the server never saw a site's files."""
+    if os.geteuid() != 0:
+        pytest.skip("an ordinary user's agents start as fresh interpreters")
+    monkeypatch.setenv("FEDSIM_SITE_START", "fork")
+    process, _run_dir, temp = start_hanging_run(tmp_path)
+    try:
+        below = _children(process.pid)
+        servers = [
+            pid
+            for pid, args in below.items()
+            if "fedsim.sites.agent_forkserver_main" in args
+            and not args.startswith("/usr/bin/bwrap")
+        ]
+        assert len(servers) == 1, below
+        server = servers[0]
+        server_view = _names_in_view(server, *fedsim_runtime_dirs())
+        unseen = {"token", "launch.json", "shadow", "config.yml", "data.csv"}
+        assert not unseen & server_view, unseen & server_view
+        assert not Path(f"/proc/{server}/root/run/fedsim/relay.sock").is_socket()
+        inits = {
+            args.split()[1]: pid for pid, args in below.items() if args.startswith("fedsim-site ")
+        }
+        agents = {
+            args.split()[3]: pid
+            for pid, args in below.items()
+            if args.startswith(f"{sys.executable} -m fedsim.agent ")
+        }
+        assert set(agents) == set(inits) == {"hub", "clinic"}, below
+        seen_uids: set[int] = set()
+        for site, agent in agents.items():
+            init = inits[site]
+            app = int(Path(f"/proc/{init}/task/{init}/children").read_text().split()[0])
+            (uid,) = _uids(agent)
+            assert uid >= FIRST_UID and uid not in _uids(app) | seen_uids
+            seen_uids |= {uid, *_uids(app)}
+            status = _status(agent)
+            assert status["CapEff"] == status["CapPrm"] == status["CapBnd"] == "0" * 16
+            assert status["NoNewPrivs"] == "1" and status["Seccomp"] == "2"
+            ns = {k: os.readlink(f"/proc/{agent}/ns/{k}") for k in ("net", "pid", "mnt", "uts")}
+            assert ns["net"] == os.readlink(f"/proc/{app}/ns/net"), "not in its site's network"
+            for kind in ("pid", "mnt", "uts"):
+                assert ns[kind] != os.readlink(f"/proc/{app}/ns/{kind}")
+                assert ns[kind] != os.readlink(f"/proc/{servers[0]}/ns/{kind}")
+            assert (Path(f"/proc/{agent}/root/run/fedsim/relay.sock")).is_socket()
+        assert not list(temp.rglob("token")), "a forked agent's token was written to a file"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=60)
+    assert not [args for args in _children(os.getpid()).values() if "fedsim.agent" in args]

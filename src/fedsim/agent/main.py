@@ -218,10 +218,21 @@ def main(argv: list[str]) -> int:
         print("usage: python -m fedsim.agent LAUNCH.json TOKEN_FILE", file=sys.stderr)
         return 2
     try:
-        config = AgentLaunch.from_json(Path(argv[0]).read_text(encoding="utf-8"))
-        config.relay_address()
+        launch = Path(argv[0]).read_text(encoding="utf-8")
         token = Path(argv[1]).read_text(encoding="utf-8").strip()
-    except (OSError, TypeError, ValueError) as exc:
+    except OSError as exc:
+        logging.getLogger("fedsim.agent").error("cannot read the launch description: %s", exc)
+        return 2
+    return run_agent(launch, token)
+
+
+def run_agent(launch: str, token: str) -> int:
+    """One site's agent from its launch description (JSON) and token: what ``main`` runs,
+    and what a child of the agent fork-server (``sites/agent_forkserver_main.py``) runs."""
+    try:
+        config = AgentLaunch.from_json(launch)
+        config.relay_address()
+    except (TypeError, ValueError) as exc:
         logging.getLogger("fedsim.agent").error("cannot read the launch description: %s", exc)
         return 2
     return Agent(config, token).run()

@@ -1,5 +1,6 @@
-"""A local site whose apps a fork-server forks (``forkserver.py``); its agents start as in
-``local_step.py`` and join the network the forked app made.
+"""A local site whose apps a fork-server forks (``forkserver.py``); its agents, forked too
+(``agent_forkserver.py``) as root, else started as in ``local_step.py``, join the network the
+forked app made.
 
 The site's app copies and inputs live under the run's fork folder, which the fork-server
 sees with the run directory's site folders (the outputs); the agent's token and launch file
@@ -12,17 +13,20 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from fedsim.sites.agent_forkserver import AgentForkServer
 from fedsim.sites.base import AgentLaunch, AppBundle, LineSink, SiteStep
 from fedsim.sites.forkserver import ForkServer
 from fedsim.sites.limits import Limits, rlimits
 from fedsim.sites.local import LocalPlacement
-from fedsim.sites.local_step import LocalRunningSite, SiteContext
+from fedsim.sites.local_step import LocalRunningSite, SiteContext, launch_bytes
 from fedsim.sites.sandbox import identity_files, sandbox_env
 from fedsim.sites.sandboxes import SiteProcess
 from fedsim.sites.uids import SiteUids
 
 ServerOf = Callable[[AppBundle], ForkServer]
 """The run's fork-server for an app's environment (started on first use)."""
+AgentsOf = Callable[[], AgentForkServer]
+"""The run's agent fork-server (started on first use; as root only)."""
 
 
 class ForkedRunningSite(LocalRunningSite):
@@ -30,14 +34,37 @@ class ForkedRunningSite(LocalRunningSite):
     folder, holding ``input`` and ``app``; the output folder is in the run directory."""
 
     def __init__(
-        self, site: SiteContext, step: SiteStep, input_dir: Path, app_copy: Path, server: ServerOf
+        self,
+        site: SiteContext,
+        step: SiteStep,
+        input_dir: Path,
+        app_copy: Path,
+        server: ServerOf,
+        agents: AgentsOf | None,
     ) -> None:
         super().__init__(site, step, input_dir, app_copy)
         self._server = server
+        self._agents = agents
 
     def _network_pid(self) -> int | None:
         assert self._app is not None and self._app.init_pid is not None
         return self._app.init_pid
+
+    def _start_agent(self, launch: AgentLaunch, on_line: LineSink) -> SiteProcess:
+        """Forked by the run's agent fork-server where there is one (as root), else as a
+        local site's agent starts."""
+        site = self._site
+        if self._agents is None or site.uids is None:
+            return super()._start_agent(launch, on_line)
+        return self._agents().spawn_agent(
+            site.name,
+            uid=site.uids.agent,
+            launch=launch_bytes(launch).decode(),
+            token=self._step.token,
+            network_pid=self._network_pid(),
+            relay_socket=self._step.relay_socket,
+            on_line=on_line,
+        )
 
     def _start_app(self, launch: AgentLaunch, on_line: LineSink) -> SiteProcess:
         site, step = self._site, self._step
@@ -76,6 +103,7 @@ class ForkedPlacement(LocalPlacement):
         *,
         control_dir: Path,
         server: ServerOf,
+        agents: AgentsOf | None,
         server_uid: int | None,
         limits: Limits,
         uids: SiteUids | None,
@@ -87,6 +115,7 @@ class ForkedPlacement(LocalPlacement):
         )
         self._control = control_dir
         self._server = server
+        self._agents = agents
         self._server_uid = server_uid
 
     def describe(self) -> dict[str, object]:
@@ -97,6 +126,8 @@ class ForkedPlacement(LocalPlacement):
         not a step's: a step's sites start as soon as the step does."""
         super().prepare(app)
         self._server(app)
+        if self._agents is not None:
+            self._agents()
 
     def open(self) -> None:
         self._dir.mkdir(mode=0o700)
@@ -117,5 +148,5 @@ class ForkedPlacement(LocalPlacement):
         assert self._context is not None
         step_dir = self._step_dir()
         return ForkedRunningSite(
-            self._context, step, step_dir / "input", step_dir / "app", self._server
+            self._context, step, step_dir / "input", step_dir / "app", self._server, self._agents
         )

@@ -121,9 +121,134 @@ class ForkedApp:
         self._pidfd = -1
 
 
-class ForkServer:
-    """One app environment's server (see the module docstring); ``close`` ends it and every
-    site it forked."""
+class ForkingServer:
+    """A server process in a bubblewrap sandbox that forks on request (an app environment's,
+    below, or the run's agent server, ``agent_forkserver.py``); ``close`` ends it and every
+    process it forked."""
+
+    def __init__(self, name: str, uid_block: tuple[int, int, int] | None = None) -> None:
+        self._name = name
+        self._uid_block = uid_block
+        self._lock = threading.Lock()
+        self._control, self._theirs = _credentials_pair()
+
+    def _launch(self, spec: SandboxSpec, argv: list[str], data: dict[str, int]) -> None:
+        """Start ``argv`` (which names ``self._theirs``) in ``spec``'s sandbox and wait for its
+        ``ready``; ``data`` (the spec's data files) are handed over and closed here."""
+        command = build_command(spec, argv)
+        started: list[subprocess.Popen[str]] = []
+        ready = threading.Event()
+        pass_fds = (self._theirs.fileno(), *data.values())
+
+        def keep() -> None:
+            """Start the server and stay until it ends: bwrap dies with this thread."""
+            try:
+                process = spawn_line_reader(command, pass_fds=pass_fds, env={})
+                started.append(process)
+            finally:
+                ready.set()
+            assert process.stdout is not None
+            with process.stdout:
+                for line in process.stdout:
+                    log.info("%s", line.rstrip(), extra={"component": "fork-server"})
+            process.wait()
+
+        self._keeper = threading.Thread(target=keep, name=f"fork-server-{self._name}", daemon=True)
+        self._keeper.start()
+        ready.wait()
+        self._theirs.close()
+        for fd in data.values():
+            os.close(fd)
+        if not started:
+            self._control.close()
+            raise SandboxError(f"could not start the fork-server of {self._name}")
+        self._process = started[0]
+        try:
+            self._handshake(self._uid_block)
+        except BaseException:
+            self.close()
+            raise
+
+    def _handshake(self, uid_block: tuple[int, int, int] | None) -> None:
+        message, pid = _receive(self._control, START_TIMEOUT)
+        if message == b"map" and uid_block is not None and pid is not None:
+            first, count, _server = uid_block
+            for name in ("uid_map", "gid_map"):
+                Path(f"/proc/{pid}/{name}").write_text(f"{first} {first} {count}\n")
+            self._control.send(b"mapped")
+            message, _pid = _receive(self._control, START_TIMEOUT)
+        if message != b"ready":
+            raise SandboxError(
+                f"the fork-server of {self._name} did not start"
+                + (f" ({message.decode(errors='replace')})" if message else "")
+                + "; see its lines in the log"
+            )
+        log.debug("fork-server of %s ready", self._name)
+
+    def spawn(
+        self,
+        site: str,
+        request: dict[str, Any],
+        fds: Sequence[int],
+        *,
+        cgroup: SiteCgroup | None,
+        on_line: LineSink,
+        thread_name: str,
+        what: str = "app",
+        go: bytes = b"go",
+    ) -> ForkedApp:
+        """Fork one site's app (``request`` as ``forkserver_main.py`` reads it) or agent
+        (``what``); ``fds`` (its secrets file; the agent's network and relay) are handed over
+        and closed here. ``go`` answers the child's ``ready``: an agent's token travels so,
+        to the sandboxed child only. An agent writes fedsim's own line format, an app raw
+        lines (``start_reader``'s tag)."""
+        status, theirs = _credentials_pair()
+        read_end, write_end = os.pipe()
+        try:
+            with self._lock:
+                socket.send_fds(
+                    self._control,
+                    [json.dumps(request).encode()],
+                    [theirs.fileno(), write_end, *fds],
+                )
+        finally:
+            for fd in (write_end, *fds):
+                os.close(fd)
+            theirs.close()
+        stream: IO[str] = open(  # noqa: SIM115 - the reader thread owns it
+            read_end, encoding="utf-8", errors="replace", buffering=1
+        )
+        reader = start_reader(stream, on_line, "app" if what == "app" else None, thread_name)
+        try:
+            message, pid = _receive(status, START_TIMEOUT)
+            if message != b"ready" or pid is None:
+                said = message.decode(errors="replace").removeprefix("error ")
+                raise SandboxError(
+                    f"site {site}: the fork-server could not start its {what}: "
+                    + (said or "the server ended")
+                )
+            if cgroup is not None:
+                cgroup.join(pid)
+            status.send(go)
+        except BaseException:
+            status.close()
+            reader.join(timeout=5)
+            raise
+        return ForkedApp(status, pid, reader)
+
+    def close(self) -> None:
+        """Hang up: the server exits, and with it (its pid namespace's end) every site."""
+        self._control.close()
+        try:
+            self._process.wait(timeout=KILL_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        self._keeper.join(timeout=5)
+
+
+class ForkServer(ForkingServer):
+    """One app environment's server (see the module docstring)."""
 
     def __init__(
         self,
@@ -138,10 +263,8 @@ class ForkServer:
         """``sites_dir`` holds ``<site>/step-N/{app,input}``, ``outputs_dir`` the sites'
         output folders (the run directory's); ``uid_block``: (first uid, count, the server's
         uid) as root, else None."""
-        self._env = env
+        super().__init__(str(env), uid_block)
         self.outputs_dir = outputs_dir.resolve()
-        self._lock = threading.Lock()
-        self._control, theirs = _credentials_pair()
         server_uid = None if uid_block is None else uid_block[2]
         identity = identity_files("fedsim-fork", server_uid or os.getuid())
         data = {dest: data_fd(text.encode()) for dest, text in identity.items()}
@@ -162,112 +285,7 @@ class ForkServer:
         argv = [
             str(env / "bin" / "python"),
             f"{SERVER_DIR}/forkserver_main.py",
-            str(theirs.fileno()),
+            str(self._theirs.fileno()),
             "-" if server_uid is None else str(server_uid),
         ]
-        command = build_command(spec, argv)
-        started: list[subprocess.Popen[str]] = []
-        ready = threading.Event()
-
-        def keep() -> None:
-            """Start the server and stay until it ends: bwrap dies with this thread."""
-            try:
-                process = spawn_line_reader(
-                    command, pass_fds=(theirs.fileno(), *data.values()), env={}
-                )
-                started.append(process)
-            finally:
-                ready.set()
-            assert process.stdout is not None
-            with process.stdout:
-                for line in process.stdout:
-                    log.info("%s", line.rstrip(), extra={"component": "fork-server"})
-            process.wait()
-
-        self._keeper = threading.Thread(target=keep, name=f"fork-server-{env.name}", daemon=True)
-        self._keeper.start()
-        ready.wait()
-        theirs.close()
-        for fd in data.values():
-            os.close(fd)
-        if not started:
-            self._control.close()
-            raise SandboxError(f"could not start the fork-server of {env}")
-        self._process = started[0]
-        try:
-            self._handshake(uid_block)
-        except BaseException:
-            self.close()
-            raise
-
-    def _handshake(self, uid_block: tuple[int, int, int] | None) -> None:
-        message, pid = _receive(self._control, START_TIMEOUT)
-        if message == b"map" and uid_block is not None and pid is not None:
-            first, count, _server = uid_block
-            for name in ("uid_map", "gid_map"):
-                Path(f"/proc/{pid}/{name}").write_text(f"{first} {first} {count}\n")
-            self._control.send(b"mapped")
-            message, _pid = _receive(self._control, START_TIMEOUT)
-        if message != b"ready":
-            raise SandboxError(
-                f"the fork-server of {self._env} did not start"
-                + (f" ({message.decode(errors='replace')})" if message else "")
-                + "; see its lines in the log"
-            )
-        log.debug("fork-server of %s ready", self._env)
-
-    def spawn(
-        self,
-        site: str,
-        request: dict[str, Any],
-        fds: Sequence[int],
-        *,
-        cgroup: SiteCgroup | None,
-        on_line: LineSink,
-        thread_name: str,
-    ) -> ForkedApp:
-        """Fork one site's app (``request`` as ``forkserver_main.py`` reads it); ``fds``
-        (its secrets file) are handed over and closed here."""
-        status, theirs = _credentials_pair()
-        read_end, write_end = os.pipe()
-        try:
-            with self._lock:
-                socket.send_fds(
-                    self._control,
-                    [json.dumps(request).encode()],
-                    [theirs.fileno(), write_end, *fds],
-                )
-        finally:
-            for fd in (write_end, *fds):
-                os.close(fd)
-            theirs.close()
-        stream: IO[str] = open(  # noqa: SIM115 - the reader thread owns it
-            read_end, encoding="utf-8", errors="replace", buffering=1
-        )
-        reader = start_reader(stream, on_line, "app", thread_name)
-        try:
-            message, pid = _receive(status, START_TIMEOUT)
-            if message != b"ready" or pid is None:
-                said = message.decode(errors="replace").removeprefix("error ")
-                raise SandboxError(
-                    f"site {site}: the fork-server could not start its app: "
-                    + (said or "the server ended")
-                )
-            if cgroup is not None:
-                cgroup.join(pid)
-            status.send(b"go")
-        except BaseException:
-            status.close()
-            reader.join(timeout=5)
-            raise
-        return ForkedApp(status, pid, reader)
-
-    def close(self) -> None:
-        """Hang up: the server exits, and with it (its pid namespace's end) every site."""
-        self._control.close()
-        try:
-            self._process.wait(timeout=KILL_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
-        self._keeper.join(timeout=5)
+        self._launch(spec, argv, data)

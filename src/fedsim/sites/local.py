@@ -28,6 +28,7 @@ from fedsim.sites.base import AgentLaunch, AppBundle, LineSink, SiteStep
 from fedsim.sites.limits import Limits
 from fedsim.sites.local_step import (
     LAUNCHER,
+    RELAY_SOCKET,
     LocalRunningSite,
     SiteContext,
     fedsim_runtime_dirs,
@@ -40,6 +41,7 @@ from fedsim.sites.uids import BLOCK_SIZE, SiteUids, UidBlock
 
 if TYPE_CHECKING:
     from fedsim.config import RunConfig, SiteConfig
+    from fedsim.sites.agent_forkserver import AgentForkServer
     from fedsim.sites.forkserver import ForkServer
 
 START_ENV = "FEDSIM_SITE_START"
@@ -73,6 +75,7 @@ class LocalFamily:
         self._outputs_dir = config.output_dir / run_id / "sites"  # the run directory's (rundir.py)
         self._servers: dict[Path, ForkServer] = {}
         self._servers_lock = threading.Lock()
+        self._agents: AgentForkServer | None = None
         if self._fork:
             self._fork_dir.mkdir(mode=0o700)
             if self._uids is not None:
@@ -89,6 +92,7 @@ class LocalFamily:
                 self._fork_dir / site.name,
                 control_dir=self._workdir / "sites" / site.name / "control",
                 server=self._server,
+                agents=self._agent_server if self._uids is not None else None,
                 server_uid=None if self._uids is None else self._uids.server,
                 limits=self._config.limits_of(site),
                 uids=uids,
@@ -124,8 +128,17 @@ class LocalFamily:
                 self._servers[app.env] = server
             return server
 
+    def _agent_server(self) -> AgentForkServer:
+        """The run's agent fork-server (as root), started by the first site that needs it."""
+        from fedsim.sites.agent_forkserver import AgentForkServer
+
+        with self._servers_lock:
+            if self._agents is None:
+                self._agents = AgentForkServer(fedsim_runtime_dirs(), self._seccomp, RELAY_SOCKET)
+            return self._agents
+
     def close(self) -> None:
-        for server in self._servers.values():
+        for server in [*self._servers.values(), *([self._agents] if self._agents else [])]:
             server.close()
         if self._uids is not None:
             self._uids.close()

@@ -1,0 +1,194 @@
+"""The agent fork-server: one per run (as root), it imports the agent once and forks every
+site's agent from there, so that an agent costs a fork instead of a fresh interpreter with
+httpx's imports (see ``docs/forked-agents.md``).
+
+Runs under fedsim's interpreter in a bubblewrap sandbox of its own (``agent_forkserver.py``):
+the system and fedsim's runtime read-only, no network, no relay, no token, no site's files.
+It stays root with bubblewrap's capabilities, because joining a forked site's network needs
+``CAP_SYS_ADMIN`` over the user namespace the app fork-server made it in, and it takes
+requests only on the socket pair fedsim made at its start. It starts no thread and holds no
+descriptor but that socket, so a fork inherits nothing of another site.
+
+A forked child takes its site's place before it learns anything of the site's secrets: the
+site's network (its descriptor sent by fedsim), then new mount, pid, uts and ipc namespaces;
+the relay's socket bound where the launch description names it, the site's ``/etc``
+identity, a private ``/tmp``; as the new pid namespace's pid 1, a fresh ``/proc``, the
+agent's uid, no capabilities, ``no_new_privs``, not dumpable, the seccomp filter. Only then
+does it say ``ready`` on its status socket, and fedsim answers with the token. It reports
+``exit N`` there when the agent ends, as a forked app's pid 1 does (``forkserver_main.py``,
+whose protocol and helpers these are).
+"""
+
+from __future__ import annotations
+
+import gc
+import io
+import json
+import os
+import signal
+import socket
+import sys
+import traceback
+
+from fedsim.sites.forkserver_main import (
+    CLONE_NEWIPC,
+    CLONE_NEWNET,
+    CLONE_NEWNS,
+    CLONE_NEWPID,
+    CLONE_NEWUTS,
+    MS_BIND,
+    MS_NODEV,
+    MS_NOEXEC,
+    MS_NOSUID,
+    MS_PRIVATE,
+    MS_RDONLY,
+    MS_REC,
+    MS_REMOUNT,
+    PR_SET_DUMPABLE,
+    PR_SET_PDEATHSIG,
+    PROC_COVERED,
+    _check,
+    bind,
+    drop_privileges,
+    libc,
+    load_seccomp,
+    mount,
+    private_tmp,
+    receive,
+    set_title,
+    tmpfs,
+    unshare,
+)
+
+HERE = "/run/fedsim-agents"
+SECCOMP = HERE + "/seccomp.bpf"
+AGENT_RUN = "/run/fedsim-agent"
+SYS_MOVE_MOUNT = 429  # the same number on every architecture (Linux 5.2 on)
+AT_FDCWD = -100
+F_EMPTY_PATH = 4  # MOVE_MOUNT_F_EMPTY_PATH
+TMP_SIZE = 16 * 1024 * 1024
+"""The agent writes nothing to ``/tmp``; a small one is still its own."""
+
+
+def preload() -> None:
+    """What every agent runs, imported once; httpx's command-line client left out as
+    ``python -m fedsim.agent`` does."""
+    sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
+    import fedsim.agent.main  # noqa: F401
+
+    gc.collect()
+    gc.freeze()  # the children's collector then leaves the shared objects' pages alone
+
+
+def serve(control: socket.socket, seccomp: bytes) -> None:
+    """Fork an agent for each request until fedsim hangs up."""
+    while True:
+        message, fds = receive(control)
+        if not message:
+            return
+        request = json.loads(message)
+        pid = os.fork()
+        if pid == 0:
+            control.close()
+            agent_child(request, fds, seccomp)  # never returns
+        for fd in fds:
+            os.close(fd)
+        os.waitpid(pid, 0)  # the intermediate only sets up and forks the agent (its pid 1)
+
+
+def agent_child(request: dict, fds: list[int], seccomp: bytes) -> None:
+    """``fds``: the status socket, the output pipe, the site's network, the relay's socket."""
+    status = socket.socket(fileno=fds[0])
+    try:
+        enter_site(request, network=fds[2], relay=fds[3])
+        if os.fork() != 0:
+            os._exit(0)
+        code = agent_init(request, status, fds[1], seccomp)
+    except BaseException as exc:
+        with_trace = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        try:
+            status.send(f"error {with_trace}".encode()[:4000])
+        finally:
+            os._exit(1)
+    try:
+        sys.stdout.flush()
+        status.send(f"exit {code}".encode())
+    finally:
+        os._exit(code)
+
+
+def enter_site(request: dict, *, network: int, relay: int) -> None:
+    """The site's network, then namespaces, folders and identity of the agent's own."""
+    _check(libc.setns(network, CLONE_NEWNET), "setns into the site's network")
+    os.close(network)
+    unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWPID)
+    mount(None, "/", None, MS_REC | MS_PRIVATE)
+    name = request["hostname"]
+    _check(libc.sethostname(name.encode(), len(name.encode())), "sethostname")
+    attach(relay, request["relay_socket"])
+    private_tmp(TMP_SIZE)
+    tmpfs(AGENT_RUN, "size=1m,mode=755")
+    for name, text in request["identity"].items():
+        path = f"{AGENT_RUN}/{name}"
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(path, 0o444)
+        bind(path, f"/etc/{name}", writable=False)
+    mount(None, AGENT_RUN, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+
+
+def attach(mount_fd: int, target: str) -> None:
+    """Put a detached mount fedsim made (``open_tree``) at ``target``, nosuid and nodev."""
+    result = libc.syscall(SYS_MOVE_MOUNT, mount_fd, b"", AT_FDCWD, target.encode(), F_EMPTY_PATH)
+    _check(0 if result == 0 else -1, f"move_mount {target}")
+    os.close(mount_fd)
+    mount(None, target, None, MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV)
+
+
+def agent_init(request: dict, status: socket.socket, output_fd: int, seccomp: bytes) -> int:
+    """The agent's pid namespace's pid 1, which is the agent: a fresh ``/proc``, its uid and
+    filter, ``ready``; the token in answer; then the agent's loop, whose exit code it returns."""
+    mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    for name in PROC_COVERED:
+        if os.path.exists(f"/proc/{name}"):
+            bind(f"/proc/{name}", f"/proc/{name}", writable=False)
+    set_title(f"{sys.executable} -m fedsim.agent {request['hostname']}")
+    drop_privileges(request["uid"])
+    _check(libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "dumpable")
+    load_seccomp(seccomp)
+    status.send(b"ready")
+    token = status.recv(4096).decode()
+    if not token:
+        os._exit(1)  # fedsim gave up on this site
+    os.dup2(output_fd, 1)
+    os.dup2(output_fd, 2)
+    null = os.open("/dev/null", os.O_RDONLY)
+    os.dup2(null, 0)
+    for fd in (output_fd, null):
+        os.close(fd)
+    sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False))
+    sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), write_through=True)
+    sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), write_through=True)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # fedsim stops a site, not the terminal
+    os.chdir("/")
+    os.environ.clear()
+    os.environ.update(request["env"])
+    from fedsim.agent.main import run_agent
+    from fedsim.logs import configure_agent_stdout
+
+    configure_agent_stdout()
+    return run_agent(request["launch"], token)
+
+
+def main() -> None:
+    control = socket.socket(fileno=int(sys.argv[1]))
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    with open(SECCOMP, "rb") as handle:
+        seccomp = handle.read()
+    preload()
+    control.send(b"ready")
+    serve(control, seccomp)
+
+
+if __name__ == "__main__":
+    main()
