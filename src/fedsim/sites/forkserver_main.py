@@ -70,9 +70,11 @@ PRELOAD = (
     "FeatureCloud.app.engine.app",
     "FeatureCloud.app.api.http_ctrl",
     "FeatureCloud.app.api.http_web",
+    "wsgiref.simple_server",
 )
 """The environment's libraries the FeatureCloud engine and its apps import; each only if the
-environment has it."""
+environment has it (bottle imports its default server, ``wsgiref``, only when an app starts
+it)."""
 
 libc = ctypes.CDLL(None, use_errno=True)
 
