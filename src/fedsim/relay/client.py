@@ -76,6 +76,16 @@ def plain_http_context() -> ssl.SSLContext:
     return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 
 
+KEEPALIVE_EXPIRY = 2.0
+"""An idle connection to the relay is dropped by the client after this long, well before the
+relay closes it (``RelayLimits.keep_alive_timeout``, 5 s). Equal times (httpx's default is
+also 5 s) race: a request sent on a connection the relay is closing at that moment fails
+with "Server disconnected" or a reset, which failed a site that had been idle 5 s."""
+
+
+_LIMITS = httpx.Limits(keepalive_expiry=KEEPALIVE_EXPIRY)
+
+
 def relay_transport(relay: str, ca_pem: str | None) -> tuple[httpx.HTTPTransport, str]:
     """(transport, base URL) for ``relay``: a Unix socket path, or a relay URL
     (``unix:///PATH``; ``https://HOST:PORT`` or ``https+unix:///PATH`` with ``ca_pem``
@@ -84,11 +94,15 @@ def relay_transport(relay: str, ca_pem: str | None) -> tuple[httpx.HTTPTransport
         relay = f"unix://{relay}"
     address = parse_relay_url(relay)
     if address.socket_path is not None and not address.tls:
-        transport = httpx.HTTPTransport(uds=address.socket_path, verify=plain_http_context())
+        transport = httpx.HTTPTransport(
+            uds=address.socket_path, verify=plain_http_context(), limits=_LIMITS
+        )
         return transport, address.base_url
     if not ca_pem:
         raise ValueError(f"the relay {relay} needs the run's CA certificate to be pinned")
-    transport = httpx.HTTPTransport(uds=address.socket_path, verify=pinned_context(ca_pem))
+    transport = httpx.HTTPTransport(
+        uds=address.socket_path, verify=pinned_context(ca_pem), limits=_LIMITS
+    )
     return transport, address.base_url
 
 
