@@ -33,6 +33,9 @@ IDLE_POLL_MAX = 0.5
 after each change and backs off by ``IDLE_BACKOFF``): a hundred idle sites cost next to
 nothing, and an app's error is still seen well within 2 s."""
 IDLE_BACKOFF = 1.5
+API_WAIT_POLL = 0.02
+"""How often the agent asks an app that does not answer yet: a forked app answers about
+0.1 s after it starts, and the site holds a start-up slot until then."""
 INBOX_WAIT = 10.0
 """How long one long poll of the relay waits for a message: a message is handed over as it
 arrives whatever this is, so it only sets how often an idle site asks (a hundred sites asking
@@ -82,7 +85,7 @@ class Agent:
                 raise AgentError(
                     f"the app did not answer /api/status within {self.config.startup_timeout:.0f} s"
                 )
-            time.sleep(0.05)
+            time.sleep(API_WAIT_POLL)
 
     def _setup(self) -> None:
         body = setup_body(
@@ -191,7 +194,7 @@ class Agent:
                 self._keep_aggregation_duties()
             return code
         except (AgentError, httpx.HTTPError, ValueError, KeyError) as exc:
-            log.error("%s", exc)
+            log.error("%s", _described(exc))
             with contextlib.suppress(httpx.HTTPError):
                 self._relay_out.report_status(
                     {"state": "error", "message": str(exc), "finished": True, "progress": None}
@@ -208,6 +211,15 @@ class Agent:
         log.info("peak memory of the agent: %.1f MiB", usage["agent_peak_rss_bytes"] / 2**20)
         with contextlib.suppress(httpx.HTTPError):
             self._relay_out.report_memory(usage)
+
+
+def _described(exc: BaseException) -> str:
+    """The error, with the request it broke when it was one (which of the app's or the
+    relay's endpoints: "connection reset" alone does not say)."""
+    request = getattr(exc, "_request", None)  # httpx.RequestError.request raises when unset
+    if isinstance(exc, httpx.RequestError) and request is not None:
+        return f"{request.method} {request.url.path}: {exc}"
+    return str(exc)
 
 
 def main(argv: list[str]) -> int:
