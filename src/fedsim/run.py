@@ -533,11 +533,10 @@ class Run:
         rec = step.sites[name]
         deadline = time.monotonic() + agent_launch(self.config, name).startup_timeout + 10
         while time.monotonic() < deadline and not self._cancel_start.is_set():
-            if step.relay_state.has_reported(name):
+            if step.relay_state.has_reported(name, wait=0.1):
                 return
             if rec.running is None or rec.running.poll() is not None:
                 return
-            time.sleep(0.05)
 
     def _watch(self, step: StepRecord, display: ProgressDisplay) -> None:
         deadline = self.started + self.config.timeout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import threading
 import time
@@ -70,6 +71,10 @@ class SiteTraffic:
         self.bytes_received += size
 
 
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
 @dataclass
 class RelayState:
     """Shared between the relay's event loop (writes) and the orchestrator thread (reads)."""
@@ -100,11 +105,22 @@ class RelayState:
     _per_site: dict[str, SiteTraffic] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
+    _by_digest: dict[bytes, str] = field(default_factory=dict)
+
+    _reported: threading.Condition = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._reported = threading.Condition(self._lock)
+        self._by_digest = {_digest(token): site for site, token in self.tokens.items()}
+
     def site_for_token(self, token: str) -> str | None:
-        for site, expected in self.tokens.items():
-            if hmac.compare_digest(token.encode(), expected.encode()):
-                return site
-        return None
+        """Found by the token's digest, then compared in constant time: every request asks,
+        and comparing with each site's token in turn cost a good part of a core at 500 sites.
+        A lookup's timing tells about the digest only, never about the token."""
+        site = self._by_digest.get(_digest(token))
+        if site is None or not hmac.compare_digest(token.encode(), self.tokens[site].encode()):
+            return None
+        return site
 
     _last_activity: float = field(default_factory=time.time)
 
@@ -226,6 +242,8 @@ class RelayState:
             target = self.statuses if kind == "status" else self.memory
             target[site] = {**report, "time": time.time()}
             self._last_activity = target[site]["time"]
+            if kind == "status":
+                self._reported.notify_all()
 
     def record_violation(self, site: str, message: str) -> None:
         with self._lock:
@@ -250,11 +268,11 @@ class RelayState:
         with self._lock:
             return {k: dict(v) for k, v in self.statuses.items()}
 
-    def has_reported(self, site: str) -> bool:
-        """Whether ``site`` reported a state yet; asked often while sites start, so it copies
-        nothing (``site_statuses`` copies every site's)."""
-        with self._lock:
-            return site in self.statuses
+    def has_reported(self, site: str, wait: float = 0.0) -> bool:
+        """Whether ``site`` reported a state yet, waiting up to ``wait`` seconds for it (told
+        at once when it does: a site's start-up slot is free as soon as its app answers)."""
+        with self._reported:
+            return self._reported.wait_for(lambda: site in self.statuses, wait)
 
     def site_traffic(self) -> dict[str, SiteTraffic]:
         """Site -> its totals so far (copies: safe to read from any thread)."""
