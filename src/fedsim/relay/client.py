@@ -77,13 +77,15 @@ def plain_http_context() -> ssl.SSLContext:
 
 
 KEEPALIVE_EXPIRY = 2.0
-"""An idle connection to the relay is dropped by the client after this long, well before the
-relay closes it (``RelayLimits.keep_alive_timeout``, 5 s). Equal times (httpx's default is
+"""An idle TLS connection to the relay is dropped by the client after this long, well before
+the relay closes it (``RelayLimits.keep_alive_timeout``, 5 s). Equal times (httpx's default is
 also 5 s) race: a request sent on a connection the relay is closing at that moment fails
 with "Server disconnected" or a reset, which failed a site that had been idle 5 s."""
-
-
-_LIMITS = httpx.Limits(keepalive_expiry=KEEPALIVE_EXPIRY)
+_TLS_LIMITS = httpx.Limits(keepalive_expiry=KEEPALIVE_EXPIRY)
+_SOCKET_LIMITS = httpx.Limits(max_keepalive_connections=0)
+"""On a Unix socket a connection costs next to nothing, and one per request leaves no idle
+connection to race the relay's closing it: under heavy load (500 sites on two cores) an agent
+took seconds to send its next request, more than any margin a keep-alive expiry leaves."""
 
 
 def relay_transport(relay: str, ca_pem: str | None) -> tuple[httpx.HTTPTransport, str]:
@@ -95,13 +97,13 @@ def relay_transport(relay: str, ca_pem: str | None) -> tuple[httpx.HTTPTransport
     address = parse_relay_url(relay)
     if address.socket_path is not None and not address.tls:
         transport = httpx.HTTPTransport(
-            uds=address.socket_path, verify=plain_http_context(), limits=_LIMITS
+            uds=address.socket_path, verify=plain_http_context(), limits=_SOCKET_LIMITS
         )
         return transport, address.base_url
     if not ca_pem:
         raise ValueError(f"the relay {relay} needs the run's CA certificate to be pinned")
     transport = httpx.HTTPTransport(
-        uds=address.socket_path, verify=pinned_context(ca_pem), limits=_LIMITS
+        uds=address.socket_path, verify=pinned_context(ca_pem), limits=_TLS_LIMITS
     )
     return transport, address.base_url
 
