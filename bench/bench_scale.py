@@ -212,13 +212,17 @@ def fedsim_run(folder: Path, config: Path, start: str, expected: np.ndarray) -> 
 
 
 def cost_per_added_site(rows: list[dict[str, Any]], key: str) -> dict[str, float]:
-    """The slope between the two largest N: what one more site costs."""
-    a, b = rows[-2], rows[-1]
+    """The slope between the two largest N measured with ``key``: what one more site costs."""
+    a, b = [row for row in rows if key in row][-2:]
     added = b["sites"] - a["sites"]
     return {
         "seconds": round((b[key]["wall_s"] - a[key]["wall_s"]) / added, 3),
         "pss_mib": round((b[key]["pss_gib"] - a[key]["pss_gib"]) * 1024 / added, 1),
     }
+
+
+def starts(chosen: Sequence[str], n: int, exec_max: int) -> list[str]:
+    return [start for start in chosen if start != "exec" or n <= exec_max]
 
 
 def main() -> None:
@@ -231,6 +235,13 @@ def main() -> None:
         default=["fork", "exec"],
         help="how sites' apps start: from the fork-server, or a fresh interpreter each "
         "(the start-up before the fork-server)",
+    )
+    parser.add_argument(
+        "--exec-max-sites",
+        type=int,
+        default=200,
+        help="the old start-up only up to this many sites (about 75 MiB each: 500 do not fit "
+        "in 24 GiB)",
     )
     parser.add_argument(
         "--flower-python", help="a Python with flwr[simulation] (default: this one, if it has it)"
@@ -247,7 +258,7 @@ def main() -> None:
             folder = Path(tmp)
             config = write_run(folder, n)
             expected = pooled_mean(folder, n)
-            for start in args.start:
+            for start in starts(args.start, n, args.exec_max_sites):
                 row[start] = fedsim_run(folder, config, start, expected)
             if flower is not None:
                 flwr, printed = measure([flower, str(FLOWER), str(folder / "data"), str(n)])
@@ -256,7 +267,7 @@ def main() -> None:
         bare = floor(python, n)
         row["floor_s"] = round(bare, 2)
         rows.append(row)
-        for key in (*args.start, *(["flower"] if flower else [])):
+        for key in (*starts(args.start, n, args.exec_max_sites), *(["flower"] if flower else [])):
             figures = row[key]
             figures["wall_over_floor"] = round(figures["wall_s"] / bare, 2)
             print(
@@ -269,6 +280,8 @@ def main() -> None:
     per_site = {}
     if len(rows) > 1:
         for key in (*args.start, *(["flower"] if flower else [])):
+            if sum(key in row for row in rows) < 2:
+                continue
             per_site[key] = cost_per_added_site(rows, key)
             print(
                 f"each added site, {key}: {per_site[key]['seconds']} s, "

@@ -12,9 +12,8 @@ from __future__ import annotations
 import itertools
 from urllib.parse import quote
 
-import httpx
-
 from fedsim.agent import smpc
+from fedsim.agent.app_client import AppClient
 from fedsim.agent.duties import Duties
 from fedsim.agent.protocol import AppStatus
 from fedsim.agent.randomness import numpy_rng, python_rng
@@ -32,7 +31,7 @@ class Exchange:
         clients: list[str],
         coordinator: str,
         seed: int | None,
-        app: httpx.Client,
+        app: AppClient,
         relay: RelayClient,
     ) -> None:
         """``app`` and ``relay`` belong to the inbox thread; ``send`` gets the main thread's."""
@@ -94,7 +93,7 @@ class Exchange:
             params = {"client": sender}
             if memo is not None:
                 params["memo"] = quote(memo)  # the engine keys its queues by the URL-encoded memo
-        self._app.post("/api/data", params=params, content=payload).raise_for_status()
+        self._app.post("/api/data", params=params, content=payload)
         log.debug("delivered %d bytes from %s memo=%s", len(payload), sender, memo)
 
     def _add_share(self, message: Incoming) -> None:

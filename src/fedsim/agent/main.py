@@ -19,11 +19,12 @@ from pathlib import Path
 
 import httpx
 
+from fedsim.agent.app_client import AppClient, AppRequestError, AppUnreachable
 from fedsim.agent.exchange import Exchange
 from fedsim.agent.launch import AgentLaunch
 from fedsim.agent.protocol import AppStatus, parse_status, setup_body
 from fedsim.logs import configure_agent_stdout, counted, get_logger
-from fedsim.relay.client import RelayClient, plain_http_context
+from fedsim.relay.client import RelayClient
 
 log = get_logger("agent")
 
@@ -33,6 +34,8 @@ IDLE_POLL_MAX = 0.5
 after each change and backs off by ``IDLE_BACKOFF``): a hundred idle sites cost next to
 nothing, and an app's error is still seen well within 2 s."""
 IDLE_BACKOFF = 1.5
+APP_TIMEOUT = 30.0
+"""How long one request to the app may take before the agent gives up on it."""
 API_WAIT_POLL = 0.02
 """How often the agent asks an app that does not answer yet: a forked app answers about
 0.1 s after it starts, and the site holds a start-up slot until then."""
@@ -55,15 +58,13 @@ class Agent:
         self._relay_out = RelayClient(relay, config.site, token, ca)
         self._relay_in = RelayClient(relay, config.site, token, ca)
         self._relay_inbox_out = RelayClient(relay, config.site, token, ca)
-        self._app_out = httpx.Client(
-            base_url=config.app_url, timeout=30.0, verify=plain_http_context()
-        )
+        self._app_out = AppClient(config.app_url, timeout=APP_TIMEOUT)
         self._exchange = Exchange(
             config.site,
             list(config.clients),
             config.coordinator,
             config.seed,
-            app=httpx.Client(base_url=config.app_url, timeout=30.0, verify=plain_http_context()),
+            app=AppClient(config.app_url, timeout=APP_TIMEOUT),
             relay=self._relay_inbox_out,
         )
         self._stop = threading.Event()
@@ -77,9 +78,9 @@ class Agent:
         deadline = time.monotonic() + self.config.startup_timeout
         while True:
             try:
-                self._app_out.get("/api/status").raise_for_status()
+                self._app_out.get("/api/status")
                 return
-            except httpx.TransportError:
+            except AppUnreachable:
                 pass
             if time.monotonic() > deadline:
                 raise AgentError(
@@ -94,7 +95,7 @@ class Agent:
             list(self.config.clients),
             self.config.coordinator,
         )
-        self._app_out.post("/api/setup", json=body).raise_for_status()
+        self._app_out.post("/api/setup", json_body=body)
         log.info(
             "set up as %s of %s",
             "coordinator" if self.config.is_coordinator else "participant",
@@ -102,14 +103,10 @@ class Agent:
         )
 
     def _status(self) -> AppStatus:
-        response = self._app_out.get("/api/status")
-        response.raise_for_status()
-        return parse_status(response.content)
+        return parse_status(self._app_out.get("/api/status"))
 
     def _forward(self, status: AppStatus) -> None:
-        response = self._app_out.get("/api/data")
-        response.raise_for_status()
-        self._exchange.send(self._relay_out, status, response.content)
+        self._exchange.send(self._relay_out, status, self._app_out.get("/api/data"))
 
     def _inbox(self) -> None:
         """Messages from the relay to the app, each acknowledged once the app has it; one
@@ -193,7 +190,7 @@ class Agent:
             if code == 0:
                 self._keep_aggregation_duties()
             return code
-        except (AgentError, httpx.HTTPError, ValueError, KeyError) as exc:
+        except (AgentError, AppRequestError, httpx.HTTPError, ValueError, KeyError) as exc:
             log.error("%s", _described(exc))
             with contextlib.suppress(httpx.HTTPError):
                 self._relay_out.report_status(
@@ -214,8 +211,8 @@ class Agent:
 
 
 def _described(exc: BaseException) -> str:
-    """The error, with the request it broke when it was one (which of the app's or the
-    relay's endpoints: "connection reset" alone does not say)."""
+    """The error, with the relay's request it broke when it was one ("connection reset"
+    alone does not say which; the app's requests name themselves)."""
     request = getattr(exc, "_request", None)  # httpx.RequestError.request raises when unset
     if isinstance(exc, httpx.RequestError) and request is not None:
         return f"{request.method} {request.url.path}: {exc}"
