@@ -3,10 +3,12 @@ a run goes on: no one on the host, and nothing in its view that a site must not 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -44,6 +46,26 @@ def _children(root: int) -> dict[int, str]:
     return {pid: args.decode(errors="replace") for pid, args in found.items()}
 
 
+@contextlib.contextmanager
+def _hanging_fork_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: str
+) -> Iterator[tuple[dict[int, str], int, Path]]:
+    """A run of two hanging forked sites (as root): every process below fedsim, the one
+    server whose command line names ``server`` (not its bwrap), and the run's temporary
+    folder; the run is ended with SIGTERM after."""
+    monkeypatch.setenv("FEDSIM_SITE_START", "fork")
+    process, _run_dir, temp = start_hanging_run(tmp_path)
+    try:
+        below = _children(process.pid)
+        bwrap = "/usr/bin/bwrap"
+        found = [p for p, args in below.items() if server in args and not args.startswith(bwrap)]
+        assert len(found) == 1, below
+        yield below, found[0], temp
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=60)
+
+
 def _uids(pid: int) -> set[int]:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("Uid:"):
@@ -70,17 +92,7 @@ def test_the_fork_server_is_no_one_on_the_host_and_sees_no_token_or_relay(
 ) -> None:
     if os.geteuid() != 0:
         pytest.skip("as an ordinary user the server is that user (checked by the hostile apps)")
-    monkeypatch.setenv("FEDSIM_SITE_START", "fork")
-    process, _run_dir, _temp = start_hanging_run(tmp_path)
-    try:
-        below = _children(process.pid)
-        servers = [
-            pid
-            for pid, args in below.items()
-            if "forkserver_main.py" in args and not args.startswith("/usr/bin/bwrap")
-        ]
-        assert len(servers) == 1, below
-        server = servers[0]
+    with _hanging_fork_run(tmp_path, monkeypatch, "forkserver_main.py") as (below, server, _):
         (server_uid,) = _uids(server)
         assert server_uid >= FIRST_UID, "the fork-server runs as root or a real account"
         assert os.readlink(f"/proc/{server}/ns/user") != os.readlink("/proc/self/ns/user")
@@ -92,9 +104,6 @@ def test_the_fork_server_is_no_one_on_the_host_and_sees_no_token_or_relay(
         site_uids = [_uids(pid) for pid in inits]
         assert all(len(u) == 1 and server_uid not in u and 0 not in u for u in site_uids)
         assert site_uids[0] != site_uids[1], "two sites share a uid"
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.communicate(timeout=60)
     assert not [args for args in _children(os.getpid()).values() if "forkserver_main" in args]
 
 
@@ -145,18 +154,8 @@ def test_forked_agents_are_their_sites_agents_and_nothing_more(
     and the server never saw a site's files."""
     if os.geteuid() != 0:
         pytest.skip("an ordinary user's agents start as fresh interpreters")
-    monkeypatch.setenv("FEDSIM_SITE_START", "fork")
-    process, _run_dir, temp = start_hanging_run(tmp_path)
-    try:
-        below = _children(process.pid)
-        servers = [
-            pid
-            for pid, args in below.items()
-            if "fedsim.sites.agent_forkserver_main" in args
-            and not args.startswith("/usr/bin/bwrap")
-        ]
-        assert len(servers) == 1, below
-        server = servers[0]
+    marker = "fedsim.sites.agent_forkserver_main"
+    with _hanging_fork_run(tmp_path, monkeypatch, marker) as (below, server, temp):
         server_view = _names_in_view(server, *fedsim_runtime_dirs())
         unseen = {"token", "launch.json", "shadow", "config.yml", "data.csv"}
         assert not unseen & server_view, unseen & server_view
@@ -184,10 +183,7 @@ def test_forked_agents_are_their_sites_agents_and_nothing_more(
             assert ns["net"] == os.readlink(f"/proc/{app}/ns/net"), "not in its site's network"
             for kind in ("pid", "mnt", "uts"):
                 assert ns[kind] != os.readlink(f"/proc/{app}/ns/{kind}")
-                assert ns[kind] != os.readlink(f"/proc/{servers[0]}/ns/{kind}")
+                assert ns[kind] != os.readlink(f"/proc/{server}/ns/{kind}")
             assert (Path(f"/proc/{agent}/root/run/fedsim/relay.sock")).is_socket()
         assert not list(temp.rglob("token")), "a forked agent's token was written to a file"
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.communicate(timeout=60)
     assert not [args for args in _children(os.getpid()).values() if "fedsim.agent" in args]

@@ -28,7 +28,6 @@ import os
 import signal
 import socket
 import sys
-import traceback
 
 from fedsim.sites.forkserver_main import (
     CLONE_NEWIPC,
@@ -38,7 +37,6 @@ from fedsim.sites.forkserver_main import (
     CLONE_NEWUTS,
     MS_BIND,
     MS_NODEV,
-    MS_NOEXEC,
     MS_NOSUID,
     MS_PRIVATE,
     MS_RDONLY,
@@ -46,18 +44,19 @@ from fedsim.sites.forkserver_main import (
     MS_REMOUNT,
     PR_SET_DUMPABLE,
     PR_SET_PDEATHSIG,
-    PROC_COVERED,
     _check,
-    bind,
     drop_privileges,
+    fresh_proc,
     libc,
     load_seccomp,
     mount,
     private_tmp,
     receive,
+    report_setup_error,
     set_title,
     tmpfs,
     unshare,
+    write_identity,
 )
 
 HERE = "/run/fedsim-agents"
@@ -112,11 +111,7 @@ def agent_child(request: dict, fds: list[int], seccomp: bytes) -> None:
             os._exit(0)
         code = agent_init(request, status, fds[1], seccomp)
     except BaseException as exc:
-        with_trace = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-        try:
-            status.send(f"error {with_trace}".encode()[:4000])
-        finally:
-            os._exit(1)
+        report_setup_error(status, exc)
     try:
         sys.stdout.flush()
         status.send(f"exit {code}".encode())
@@ -135,12 +130,7 @@ def enter_site(request: dict, *, network: int, relay: int) -> None:
     attach(relay, request["relay_socket"])
     private_tmp(TMP_SIZE)
     tmpfs(AGENT_RUN, "size=1m,mode=755")
-    for name, text in request["identity"].items():
-        path = f"{AGENT_RUN}/{name}"
-        with open(path, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(path, 0o444)
-        bind(path, f"/etc/{name}", writable=False)
+    write_identity(AGENT_RUN, request["identity"])
     mount(None, AGENT_RUN, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
 
 
@@ -155,10 +145,7 @@ def attach(mount_fd: int, target: str) -> None:
 def agent_init(request: dict, status: socket.socket, output_fd: int, seccomp: bytes) -> int:
     """The agent's pid namespace's pid 1, which is the agent: a fresh ``/proc``, its uid and
     filter, ``ready``; the token in answer; then the agent's loop, whose exit code it returns."""
-    mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    for name in PROC_COVERED:
-        if os.path.exists(f"/proc/{name}"):
-            bind(f"/proc/{name}", f"/proc/{name}", writable=False)
+    fresh_proc()
     set_title(f"{sys.executable} -m fedsim.agent {request['hostname']}")
     drop_privileges(request["uid"])
     _check(libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "dumpable")

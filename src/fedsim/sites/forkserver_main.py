@@ -183,6 +183,34 @@ def set_title(title):
     ctypes.memmove(start, text + bytes(end - start - len(text)), end - start)
 
 
+def write_identity(folder, identity):
+    """The site's ``/etc`` files (``passwd``, ``group``, ``hosts``, ``hostname``), written in
+    ``folder`` (a tmpfs of the child's) and bound read-only over the server's."""
+    for name, text in identity.items():
+        path = f"{folder}/{name}"
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(path, 0o444)
+        bind(path, f"/etc/{name}", writable=False)
+
+
+def fresh_proc():
+    """A ``/proc`` of the new pid namespace, covered as bubblewrap covers it."""
+    mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    for name in PROC_COVERED:
+        if os.path.exists(f"/proc/{name}"):
+            bind(f"/proc/{name}", f"/proc/{name}", writable=False)
+
+
+def report_setup_error(status, exc):
+    """Tell fedsim why a child could not take its site's place, and end it."""
+    with_trace = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    try:
+        status.send(f"error {with_trace}".encode()[:4000])
+    finally:
+        os._exit(1)
+
+
 def _umount_proc_covers():
     """bubblewrap covers parts of ``/proc``; a proc mount is only made in a user namespace
     while another one is fully visible, so the server's must be: its covers go."""
@@ -258,11 +286,7 @@ def site_child(request, fds, seccomp):
             os._exit(0)
         return site_init(request, status, fds[1], seccomp)
     except BaseException as exc:
-        with_trace = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-        try:
-            status.send(f"error {with_trace}".encode()[:4000])
-        finally:
-            os._exit(1)
+        report_setup_error(status, exc)
 
 
 def enter_site(request, env_fd):
@@ -282,12 +306,7 @@ def enter_site(request, env_fd):
     private_tmp(request["tmp_bytes"])
     tmpfs(APP_RUN, "size=1m,mode=755")
     uid = request["uid"] if request["uid"] is not None else os.getuid()
-    for name, text in request["identity"].items():
-        path = f"{APP_RUN}/{name}"
-        with open(path, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(path, 0o444)
-        bind(path, f"/etc/{name}", writable=False)
+    write_identity(APP_RUN, request["identity"])
     if env_fd is not None:
         path = f"{APP_RUN}/site.env"
         with os.fdopen(env_fd, "rb") as source, open(path, "wb") as target:
@@ -300,10 +319,7 @@ def enter_site(request, env_fd):
 def site_init(request, status, output_fd, seccomp):
     """The site's pid 1: a fresh ``/proc``, fedsim's go, then the app as its child, reaped
     with everything else left in the site; reports the app's exit and ends the site."""
-    mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    for name in PROC_COVERED:
-        if os.path.exists(f"/proc/{name}"):
-            bind(f"/proc/{name}", f"/proc/{name}", writable=False)
+    fresh_proc()
     set_title(f"fedsim-site {request['hostname']}")
     status.send(b"ready")
     if status.recv(16) != b"go":
