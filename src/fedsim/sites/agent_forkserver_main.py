@@ -28,6 +28,7 @@ import os
 import signal
 import socket
 import sys
+import traceback
 
 from fedsim.sites.forkserver_main import (
     CLONE_NEWIPC,
@@ -171,7 +172,11 @@ def agent_init(request: dict, status: socket.socket, output_fd: int, seccomp: by
     from fedsim.logs import configure_agent_stdout
 
     configure_agent_stdout()
-    return run_agent(request["launch"], token)
+    try:
+        return run_agent(request["launch"], token)
+    except Exception:  # as an uncaught one ends ``python -m fedsim.agent``: in the site's log
+        traceback.print_exc()
+        return 1
 
 
 def main() -> None:
