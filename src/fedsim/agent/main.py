@@ -213,9 +213,9 @@ class Agent:
 def _described(exc: BaseException) -> str:
     """The error, with the relay's request it broke when it was one ("connection reset"
     alone does not say which; the app's requests name themselves)."""
-    request = getattr(exc, "_request", None)  # httpx.RequestError.request raises when unset
-    if isinstance(exc, httpx.RequestError) and request is not None:
-        return f"{request.method} {request.url.path}: {exc}"
+    if isinstance(exc, httpx.RequestError):
+        with contextlib.suppress(RuntimeError):  # raised when the error has no request
+            return f"{exc.request.method} {exc.request.url.path}: {exc}"
     return str(exc)
 
 

@@ -105,7 +105,7 @@ class RelayState:
     _per_site: dict[str, SiteTraffic] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    _by_digest: dict[bytes, str] = field(default_factory=dict)
+    _by_digest: dict[bytes, str] = field(init=False)
 
     _reported: threading.Condition = field(init=False)
 

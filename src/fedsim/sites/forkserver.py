@@ -164,12 +164,13 @@ class ForkingServer:
             raise SandboxError(f"could not start the fork-server of {self._name}")
         self._process = started[0]
         try:
-            self._handshake(self._uid_block)
+            self._handshake()
         except BaseException:
             self.close()
             raise
 
-    def _handshake(self, uid_block: tuple[int, int, int] | None) -> None:
+    def _handshake(self) -> None:
+        uid_block = self._uid_block
         message, pid = _receive(self._control, START_TIMEOUT)
         if message == b"map" and uid_block is not None and pid is not None:
             first, count, _server = uid_block
