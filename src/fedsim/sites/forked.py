@@ -26,7 +26,7 @@ from fedsim.sites.uids import SiteUids
 ServerOf = Callable[[AppBundle], ForkServer]
 """The run's fork-server for an app's environment (started on first use)."""
 AgentsOf = Callable[[], AgentForkServer]
-"""The run's agent fork-server (started on first use; as root only)."""
+"""The run's agent fork-server (started with the run's local sites; as root only)."""
 
 
 class ForkedRunningSite(LocalRunningSite):

@@ -17,9 +17,10 @@ from __future__ import annotations
 import os
 import subprocess
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fedsim.errors import ConfigError, SandboxError
 from fedsim.logs import get_logger
@@ -57,6 +58,7 @@ __all__ = [
 ]
 
 log = get_logger("site")
+T = TypeVar("T")
 
 
 class LocalFamily:
@@ -75,11 +77,12 @@ class LocalFamily:
         self._outputs_dir = config.output_dir / run_id / "sites"  # the run directory's (rundir.py)
         self._servers: dict[Path, ForkServer] = {}
         self._servers_lock = threading.Lock()
-        self._agents: AgentForkServer | None = None
+        self._agents: Future[AgentForkServer] | None = None
         if self._fork:
             self._fork_dir.mkdir(mode=0o700)
             if self._uids is not None:
                 os.chown(self._fork_dir, self._uids.server, self._uids.server)
+                self._agents = _started_aside(self._start_agent_server)
 
     def placement(self, site: SiteConfig) -> LocalPlacement:
         uids = None if self._uids is None else self._uids.site(self._index)
@@ -128,20 +131,40 @@ class LocalFamily:
                 self._servers[app.env] = server
             return server
 
-    def _agent_server(self) -> AgentForkServer:
-        """The run's agent fork-server (as root), started by the first site that needs it."""
+    def _start_agent_server(self) -> AgentForkServer:
         from fedsim.sites.agent_forkserver import AgentForkServer
 
-        with self._servers_lock:
-            if self._agents is None:
-                self._agents = AgentForkServer(fedsim_runtime_dirs(), self._seccomp, RELAY_SOCKET)
-            return self._agents
+        return AgentForkServer(fedsim_runtime_dirs(), self._seccomp, RELAY_SOCKET)
+
+    def _agent_server(self) -> AgentForkServer:
+        """The run's agent fork-server (as root); it started with the family, beside the app
+        environments and their fork-server, and failing to start fails the first site here."""
+        assert self._agents is not None
+        return self._agents.result()
 
     def close(self) -> None:
-        for server in [*self._servers.values(), *([self._agents] if self._agents else [])]:
+        servers: list[ForkServer | AgentForkServer] = list(self._servers.values())
+        if self._agents is not None and self._agents.exception() is None:
+            servers.append(self._agents.result())  # (waits for one still starting)
+        for server in servers:
             server.close()
         if self._uids is not None:
             self._uids.close()
+
+
+def _started_aside(start: Callable[[], T]) -> Future[T]:
+    """``start()`` in a thread of its own, its result (or error) for whoever needs it: a
+    fork-server's imports take a few tenths of a second that need not wait for anything."""
+    future: Future[T] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(start())
+        except BaseException as exc:  # handed to whoever asks for the result
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name="fork-server-start", daemon=True).start()
+    return future
 
 
 def site_start(configured: str) -> str:
