@@ -93,3 +93,31 @@ def test_waits_are_shortened_in_a_vendored_engine(tmp_path: Path) -> None:
     assert json.loads((run_dir / "sites" / "hub" / "output" / "sum.json").read_text()) == {
         "sum": 3.0
     }
+
+
+WAITED = 3.0
+"""How long the coordinator thinks before it gathers: its participants wait that long."""
+ENGINE_DATA_CHECK = 0.1
+"""How often FeatureCloud's engine looks for incoming data (its ``DATA_POLL_INTERVAL``)."""
+
+
+def test_a_site_waiting_for_data_looks_for_it_rarely_and_still_gets_it(tmp_path: Path) -> None:
+    sites = {
+        "hub": {"behave": {"value": 1, "idle": WAITED}},
+        "clinic": {"behave": {"value": 2, "await_cost": True}},
+        "lab": {"behave": {"value": 3, "await_cost": True}},
+    }
+    result = fedsim("run", str(write_run(tmp_path, BEHAVE_APP, sites)))
+    assert result.returncode == 0, result.stderr
+    run_dir = run_dir_of(result)
+    for site in ("clinic", "lab"):
+        output = run_dir / "sites" / site / "output"
+        assert json.loads((output / "sum.json").read_text()) == {"sum": 6.0}
+        cost = json.loads((output / "await.json").read_text())
+        print(f"{site}: {cost}")
+        assert cost["wall_s"] > WAITED - 1  # it did wait for the coordinator
+        # every 0.1 s at most (the engine's own check; an arrival wakes it at once), not every
+        # 10 ms: each look cost this machine about 0.1 ms of CPU, 7 ms a second for every
+        # site that waits
+        looks = cost["wall_s"] / ENGINE_DATA_CHECK
+        assert cost["checks"] <= 1.2 * looks + 2, cost

@@ -19,6 +19,9 @@ config.yml (all keys optional):
       payload_bytes: 0    # send this many extra bytes along with the number (a big message)
       idle: 0             # seconds to think in the first state (no message, no change);
                           # status_polls.txt then says how often the agent asked meanwhile
+      await_cost: false   # await.json: how often the engine looked for the sum (its
+                          # sleeps), and the CPU (of the thread that waits) and wall seconds
+                          # the wait took
 """
 
 import json
@@ -105,7 +108,23 @@ class Write(AppState):
         self.register_transition("terminal")
 
     def run(self):
+        engine = sys.modules[AppState.__module__]  # the package's, or a vendored copy
+        sleep, checks = engine.sleep, [0]
+
+        def counted_sleep(seconds):
+            checks[0] += 1
+            sleep(seconds)
+
+        if read_config().get("await_cost"):
+            engine.sleep = counted_sleep
+        cpu, wall = time.thread_time(), time.monotonic()
         total = self.await_data(n=1)
+        cost = {"checks": checks[0], "cpu_s": time.thread_time() - cpu}
+        cost["wall_s"] = time.monotonic() - wall
+        engine.sleep = sleep
+        if read_config().get("await_cost"):
+            with open(os.path.join(OUTPUT_DIR, "await.json"), "w") as handle:
+                json.dump(cost, handle)
         with open(os.path.join(OUTPUT_DIR, "sum.json"), "w") as handle:
             json.dump({"sum": total}, handle)
         while read_config().get("linger") and not self.is_coordinator:
