@@ -2,16 +2,20 @@
 
 For each N: N local sites of the mean app (1000 x 10 rows per site, waits shortened), their
 apps forked from the fork-server and (for comparison) each started as a fresh interpreter, timed
-from `fedsim run` to its exit, with the tree's resident (RSS) and proportional (PSS) memory
-sampled every half second (fedsim, relay, sandboxes, agents, apps: everything below the
-run's process); against the floor of N bare `python -c 'import numpy'` in the app's
-environment, two at a time (this machine's cores), and, when a Python with
-``flwr[simulation]`` is at hand (the ``bench`` extra, or ``--flower-python``), Flower's
-simulation of the same job on the same files, measured the same way. Both results are
-checked against the pooled mean before a figure is kept. Reported per N and as the cost of
-each added site (slope between the two largest N).
+from `fedsim run` to its exit (the median of ``--repeat`` runs), and the tree's resident (RSS)
+and proportional (PSS) memory sampled every half second in one more run (fedsim, relay,
+sandboxes, agents, apps: everything below the run's process); against the floor of N bare
+`python -c 'import numpy'` in the app's environment, two at a time (this machine's cores),
+and, when a Python with ``flwr[simulation]`` is at hand (the ``bench`` extra, or
+``--flower-python``), Flower's simulation of the same job on the same files, measured the same
+way. Time and memory come from separate runs: reading a process's smaps costs about 1 ms of
+CPU, a quarter of a second for the 300 processes of 100 sites, and sampling that every half
+second would be timed as fedsim's own work. Every result is checked against the pooled mean
+before a figure is kept. Reported per N and as the cost of each added site (slope between the
+two largest N).
 
-Run: .venv/bin/python bench/bench_scale.py [--sites 3 10 50 100 200 500] [--flower-python P]
+Run: .venv/bin/python bench/bench_scale.py [--sites 3 10 50 100 200 500] [--repeat 3]
+     [--flower-python P]
 Writes bench/results/scale.json. Only loopback traffic; the app environment must be cached.
 """
 
@@ -19,15 +23,17 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import importlib.util
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -116,11 +122,16 @@ def tree_memory(pids: list[int]) -> tuple[int, int]:
 
 
 def measure(
-    argv: list[str], also: Sequence[int] = (), env: dict[str, str] | None = None
+    argv: list[str],
+    also: Sequence[int] = (),
+    env: dict[str, str] | None = None,
+    *,
+    memory: bool = True,
 ) -> tuple[dict[str, float], str]:
     """Wall seconds and peak tree memory of one command, and what it printed; with the
     trees of the processes ``also`` (where its sites live when they are not its children:
-    a cluster's workers)."""
+    a cluster's workers). Without ``memory``, only the machine's available memory is watched
+    (its figures then have no RSS or PSS), so that the wall time is the command's alone."""
     load = os.getloadavg()[0]  # other work on the machine: figures are compared within a run
     start = time.monotonic()
     process = subprocess.Popen(
@@ -132,8 +143,10 @@ def measure(
 
     def sample() -> None:
         while not done.is_set():
-            rss, pss = tree_memory([p for root in (process.pid, *also) for p in process_tree(root)])
-            peak[0], peak[1] = max(peak[0], rss), max(peak[1], pss)
+            if memory:
+                pids = [p for root in (process.pid, *also) for p in process_tree(root)]
+                rss, pss = tree_memory(pids)
+                peak[0], peak[1] = max(peak[0], rss), max(peak[1], pss)
             available = available_memory()
             if available < MIN_AVAILABLE and not short_of_memory:
                 short_of_memory.append(available)
@@ -154,13 +167,25 @@ def measure(
         )
     if process.returncode != 0:
         raise SystemExit(f"{argv} failed:\n{stderr[-3000:]}")
-    figures = {
-        "wall_s": round(wall, 2),
-        "rss_gib": peak[0] / 2**30,
-        "pss_gib": peak[1] / 2**30,
-        "load_before": load,
-    }
+    figures = {"wall_s": round(wall, 2), "load_before": load}
+    if memory:
+        figures.update(rss_gib=peak[0] / 2**30, pss_gib=peak[1] / 2**30)
     return figures, stdout
+
+
+def timed_and_sampled(run: Callable[[bool], dict[str, float]], repeat: int) -> dict[str, float]:
+    """``run(memory)`` ``repeat`` times unwatched, for the median wall time (runs of hundreds
+    of sites vary by a tenth from one to the next), and once sampled, for the memory."""
+    timed = [run(False) for _ in range(repeat)]
+    sampled = run(True)
+    walls = [figures["wall_s"] for figures in timed]
+    return {
+        **sampled,
+        "wall_s": round(statistics.median(walls), 2),
+        "walls_s": walls,  # type: ignore[dict-item]
+        "sampled_wall_s": sampled["wall_s"],
+        "load_before": timed[0]["load_before"],
+    }
 
 
 def pooled_mean(folder: Path, n: int) -> np.ndarray:
@@ -201,13 +226,25 @@ def floor(python: Path, n: int) -> float:
     return time.monotonic() - start
 
 
-def fedsim_run(folder: Path, config: Path, start: str, expected: np.ndarray) -> dict[str, float]:
+def fedsim_run(
+    folder: Path, config: Path, start: str, expected: np.ndarray, memory: bool
+) -> dict[str, float]:
     """One measured ``fedsim run`` with its sites started the way ``start`` says."""
     env = {**os.environ, "FEDSIM_SITE_START": start}
-    figures, printed = measure([sys.executable, "-m", "fedsim", "run", str(config)], env=env)
+    argv = [sys.executable, "-m", "fedsim", "run", str(config)]
+    figures, printed = measure(argv, env=env, memory=memory)
     n = len(list((folder / "data").iterdir()))
     for site in ("s0", f"s{n - 1}"):
         check(f"fedsim ({start}) at {site}", fedsim_mean(run_dir(printed), site), expected)
+    return figures
+
+
+def flower_run(python: str, folder: Path, expected: np.ndarray, memory: bool) -> dict[str, float]:
+    """One measured run of Flower's simulation of the same job."""
+    n = len(list((folder / "data").iterdir()))
+    argv = [python, str(FLOWER), str(folder / "data"), str(n)]
+    figures, printed = measure(argv, memory=memory)
+    check("Flower", np.array(json.loads(printed.splitlines()[-1])["mean"]), expected)
     return figures
 
 
@@ -246,6 +283,12 @@ def main() -> None:
     parser.add_argument(
         "--flower-python", help="a Python with flwr[simulation] (default: this one, if it has it)"
     )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="timed runs of each, for the median wall time (memory comes from one more run)",
+    )
     args = parser.parse_args()
     python = env_python(ensure_app_env(APP))
     flower = flower_python(args.flower_python)
@@ -259,11 +302,13 @@ def main() -> None:
             config = write_run(folder, n)
             expected = pooled_mean(folder, n)
             for start in starts(args.start, n, args.exec_max_sites):
-                row[start] = fedsim_run(folder, config, start, expected)
+                row[start] = timed_and_sampled(
+                    functools.partial(fedsim_run, folder, config, start, expected), args.repeat
+                )
             if flower is not None:
-                flwr, printed = measure([flower, str(FLOWER), str(folder / "data"), str(n)])
-                check("Flower", np.array(json.loads(printed.splitlines()[-1])["mean"]), expected)
-                row["flower"] = flwr
+                row["flower"] = timed_and_sampled(
+                    functools.partial(flower_run, flower, folder, expected), args.repeat
+                )
         bare = floor(python, n)
         row["floor_s"] = round(bare, 2)
         rows.append(row)
