@@ -14,6 +14,7 @@ are closed (``group.py`` does).
 
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import threading
@@ -138,8 +139,11 @@ class LocalFamily:
 
     def _agent_server(self) -> AgentForkServer:
         """The run's agent fork-server (as root); it started with the family, beside the app
-        environments and their fork-server, and failing to start fails the first site here."""
+        environments and their fork-server; one that failed to start fails each site here."""
         assert self._agents is not None
+        failed = self._agents.exception()
+        if failed is not None:  # a copy each: the run names its site in the error's message
+            raise copy.copy(failed) from failed
         return self._agents.result()
 
     def close(self) -> None:
