@@ -95,7 +95,10 @@ def site_uids(marker: str) -> dict[str, set[int]]:
             parent, seen = procs[parent][0], seen + 1
         if parent not in ours:
             continue
-        if "fedsim-app/launcher.py" in args and "bwrap" not in args:
+        # the app's interpreter itself: the setpriv before it, which names the launcher too,
+        # is root until it becomes the site's uid and execs the app (a slow machine shows it)
+        words = args.split()
+        if len(words) == 2 and words[1].endswith("fedsim-app/launcher.py"):
             found["app"].add(uid)
         elif args.startswith(f"{sys.executable} -m fedsim.agent"):
             found["agent"].add(uid)
