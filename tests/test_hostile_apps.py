@@ -3,6 +3,7 @@ must still end cleanly. Run as root (what the README asks for) and as an ordinar
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -77,9 +78,10 @@ def hostile_run(
     return write_config(tmp_path, app, entries, **(top or {}))
 
 
-def site_uids(marker: str) -> dict[str, set[int]]:
-    """uid (as the host sees it) of every app launcher and agent process of this test's run:
-    those below a sandbox whose command line names ``marker`` (other runs may be going on)."""
+def site_processes(marker: str) -> dict[str, dict[int, int]]:
+    """pid -> uid (as the host sees them) of every app launcher and agent process of this
+    test's run: those below a sandbox whose command line names ``marker`` (other runs may be
+    going on)."""
     out = subprocess.run(
         ["ps", "-ww", "-eo", "pid=,ppid=,uid=,args="], capture_output=True, text=True
     ).stdout
@@ -88,7 +90,7 @@ def site_uids(marker: str) -> dict[str, set[int]]:
         pid, ppid, uid, *args = line.split(None, 3)
         procs[int(pid)] = (int(ppid), int(uid), args[0] if args else "")
     ours = {pid for pid, (_, _, args) in procs.items() if "bwrap" in args and marker in args}
-    found: dict[str, set[int]] = {"app": set(), "agent": set()}
+    found: dict[str, dict[int, int]] = {"app": {}, "agent": {}}
     for pid, (_, uid, args) in procs.items():
         parent, seen = pid, 0
         while parent in procs and parent not in ours and seen < 64:
@@ -99,10 +101,38 @@ def site_uids(marker: str) -> dict[str, set[int]]:
         # is root until it becomes the site's uid and execs the app (a slow machine shows it)
         words = args.split()
         if len(words) == 2 and words[1].endswith("fedsim-app/launcher.py"):
-            found["app"].add(uid)
+            found["app"][pid] = uid
         elif args.startswith(f"{sys.executable} -m fedsim.agent"):
-            found["agent"].add(uid)
+            found["agent"][pid] = uid
     return found
+
+
+def site_uids(marker: str) -> dict[str, set[int]]:
+    """The uids of ``site_processes``, by kind."""
+    return {kind: set(pids.values()) for kind, pids in site_processes(marker).items()}
+
+
+NS_GET_PARENT = 0xB702  # ioctl on a namespace file: the namespace above it
+
+
+def user_namespaces(pid: int) -> list[int]:
+    """The user namespaces of ``pid``, its own first, then each one above it (inode numbers);
+    empty if it is gone."""
+    try:
+        fd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY)
+    except OSError:
+        return []
+    chain = []
+    while True:
+        chain.append(os.fstat(fd).st_ino)
+        try:
+            parent = fcntl.ioctl(fd, NS_GET_PARENT)
+        except OSError:  # the top, or one this process may not see above
+            break
+        finally:
+            os.close(fd)
+        fd = parent
+    return chain
 
 
 def as_ordinary_user(tmp_path: Path, app_env: Path) -> tuple[list[str], dict[str, str]]:
@@ -200,3 +230,52 @@ def test_every_escape_is_refused_and_the_run_ends_cleanly(
         other = tmp_path / "data" / f"site-{(i + 1) % 3}" / "config.yml"
         assert other.read_bytes() not in content
         assert not {"host-file-link", "other-input-link", "root-link", "a-fifo"} & set(names)
+
+
+def test_an_ordinary_users_sites_each_count_their_own_processes(
+    open_tmp: Path, app_environment: Path
+) -> None:
+    """The kernel counts a uid's processes against its limit per user namespace, and an
+    ordinary user's sites all run as that user: each site still has a count of its own, so
+    that many sites fit under one site's limit and a fork bomb in one leaves the others
+    theirs. Eight sites of five or more processes and threads each, at 16 a site. No agent's
+    user namespace is below its app's, where the app would hold every capability over it."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to become the ordinary user")
+    tmp_path = open_tmp
+    config = hostile_run(
+        tmp_path,
+        port=1,
+        sites=8,
+        top={"limits": {"processes": 16}},
+        attempts=["fork_bomb"],
+        linger=3,
+    )
+    private = tmp_path / "private"
+    private.mkdir()
+    prefix, env = as_ordinary_user(tmp_path, app_environment)
+    process = subprocess.Popen(
+        [*prefix, sys.executable, "-m", "fedsim", "run", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **env, "TMPDIR": str(private)},
+    )
+    chains: dict[str, dict[int, list[int]]] = {"app": {}, "agent": {}}
+    deadline = time.monotonic() + 240
+    while process.poll() is None and time.monotonic() < deadline:
+        for kind, pids in site_processes(str(private)).items():
+            for pid in pids:
+                chains[kind].setdefault(pid, user_namespaces(pid))
+        time.sleep(0.2)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr
+    run_dir = run_dir_of(subprocess.CompletedProcess(process.args, 0, stdout, stderr))
+    for i in range(8):
+        seen = json.loads((run_dir / "sites" / f"site-{i}" / "output" / "escapes.json").read_text())
+        forked = int(seen["fork_bomb"]["detail"].split()[1])
+        assert 0 < forked < 16, (f"site-{i}", seen["fork_bomb"])
+    apps = {chain[0] for chain in chains["app"].values() if chain}
+    assert len(apps) == 8, f"each site's app needs a user namespace of its own: {chains}"
+    above_an_app = [c for c in chains["agent"].values() if set(c) & apps]
+    assert chains["agent"] and not above_an_app, f"an agent below its app: {above_an_app}"

@@ -46,9 +46,15 @@ class ForkedRunningSite(LocalRunningSite):
         self._server = server
         self._agents = agents
 
-    def _network_pid(self) -> int | None:
+    def _network_pid(self) -> int:
         assert self._app is not None and self._app.init_pid is not None
         return self._app.init_pid
+
+    def _join_network(self) -> list[str]:
+        """The network the forked app made, from its fork-server's user namespace."""
+        return self._site.join_network(
+            self._network_pid(), user_pid=self._server(self._step.app).pid
+        )
 
     def _start_agent(self, launch: AgentLaunch, on_line: LineSink) -> SiteProcess:
         """Forked by the run's agent fork-server where there is one (as root), else as a

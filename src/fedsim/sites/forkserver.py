@@ -131,6 +131,8 @@ class ForkingServer:
         self._uid_block = uid_block
         self._lock = threading.Lock()
         self._control, self._theirs = _credentials_pair()
+        self.pid: int | None = None
+        """The server's process as this machine sees it, once it is ready."""
 
     def _launch(self, spec: SandboxSpec, argv: list[str], data: dict[str, int]) -> None:
         """Start ``argv`` (which names ``self._theirs``) in ``spec``'s sandbox and wait for its
@@ -177,13 +179,14 @@ class ForkingServer:
             for name in ("uid_map", "gid_map"):
                 Path(f"/proc/{pid}/{name}").write_text(f"{first} {first} {count}\n")
             self._control.send(b"mapped")
-            message, _pid = _receive(self._control, START_TIMEOUT)
-        if message != b"ready":
+            message, pid = _receive(self._control, START_TIMEOUT)
+        if message != b"ready" or pid is None:
             raise SandboxError(
                 f"the fork-server of {self._name} did not start"
                 + (f" ({message.decode(errors='replace')})" if message else "")
                 + "; see its lines in the log"
             )
+        self.pid = pid
         log.debug("fork-server of %s ready", self._name)
 
     def spawn(

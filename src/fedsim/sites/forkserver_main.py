@@ -13,7 +13,8 @@ filter; only then the app.
 
 Inside a child the server's own user namespace is the one everything is made in: as root,
 fedsim maps the run's block of uids into it (the server runs as one of them, so it is no one
-on the host); as an ordinary user, bubblewrap's namespace maps that user only.
+on the host); as an ordinary user, bubblewrap's namespace maps that user only, and each site
+makes a user namespace of its own below it first (``own_user_namespace`` says why).
 
 Messages are datagrams on ``SOCK_SEQPACKET`` sockets. On the control socket: the server
 says ``map`` (root: fedsim writes its uid map) and then ``ready``; fedsim sends one JSON
@@ -289,9 +290,28 @@ def site_child(request, fds, seccomp):
         report_setup_error(status, exc)
 
 
+def own_user_namespace():
+    """A user namespace of the site's own, mapping only the uid and gid it already has.
+
+    The kernel counts a uid's processes against ``RLIMIT_NPROC`` per user namespace. An
+    ordinary user's sites all run as that user, so in the server's namespace they would share
+    one count: a hundred sites outgrew one site's limit of processes (its threads included),
+    and a fork bomb in one site would have left the others none. Root's sites each have a uid
+    of their own, so they need no namespace for this."""
+    uid, gid = os.geteuid(), os.getegid()
+    unshare(CLONE_NEWUSER)
+    maps = {"setgroups": "deny", "uid_map": f"{uid} {uid} 1", "gid_map": f"{gid} {gid} 1"}
+    for name, text in maps.items():  # setgroups first: an unprivileged gid map needs it
+        with open(f"/proc/self/{name}", "w", encoding="ascii") as handle:
+            handle.write(text)
+
+
 def enter_site(request, env_fd):
     """Namespaces, folders and identity of the site (still privileged in the server's user
-    namespace); the pid namespace takes effect in the next child, the site's pid 1."""
+    namespace, or in the site's own); the pid namespace takes effect in the next child, the
+    site's pid 1."""
+    if request["uid"] is None:
+        own_user_namespace()
     unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWPID | CLONE_NEWNET)
     mount(None, "/", None, MS_REC | MS_PRIVATE)
     name = request["hostname"]
