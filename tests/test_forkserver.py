@@ -148,12 +148,13 @@ def _status(pid: int) -> dict[str, str]:
 def test_forked_agents_are_their_sites_agents_and_nothing_more(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, app_environment: Path
 ) -> None:
-    """As root each agent is forked by the run's agent server: in its site's network, but in
-    pid and mount namespaces of its own, as a uid of its own (not the app's, not another
-    site's), with no capability, no_new_privs and the filter; the token never touched a file
-    and the server never saw a site's files."""
+    """Each agent is forked by the run's agent server: in network, pid and mount namespaces
+    of its own (it reaches its app through its site's dialer), as a uid of its own (not the
+    app's, not another site's), with no capability, no_new_privs and the filter; the token
+    never touched a file and the server never saw a site's files. (As root: an ordinary
+    user's agents keep that user's uid, and the hostile apps check them.)"""
     if os.geteuid() != 0:
-        pytest.skip("an ordinary user's agents start as fresh interpreters")
+        pytest.skip("the agents' own uids are root's runs'")
     marker = "fedsim.sites.agent_forkserver_main"
     with _hanging_fork_run(tmp_path, monkeypatch, marker) as (below, server, temp):
         server_view = _names_in_view(server, *fedsim_runtime_dirs())
@@ -180,8 +181,7 @@ def test_forked_agents_are_their_sites_agents_and_nothing_more(
             assert status["CapEff"] == status["CapPrm"] == status["CapBnd"] == "0" * 16
             assert status["NoNewPrivs"] == "1" and status["Seccomp"] == "2"
             ns = {k: os.readlink(f"/proc/{agent}/ns/{k}") for k in ("net", "pid", "mnt", "uts")}
-            assert ns["net"] == os.readlink(f"/proc/{app}/ns/net"), "not in its site's network"
-            for kind in ("pid", "mnt", "uts"):
+            for kind in ("net", "pid", "mnt", "uts"):
                 assert ns[kind] != os.readlink(f"/proc/{app}/ns/{kind}")
                 assert ns[kind] != os.readlink(f"/proc/{server}/ns/{kind}")
             assert (Path(f"/proc/{agent}/root/run/fedsim/relay.sock")).is_socket()

@@ -37,6 +37,7 @@ ESCAPES = [
     "agent_token",
     "agent_processes",
     "relay_from_mountinfo",
+    "site_dialer",
     "ptrace_anything",
     "new_user_namespace",
     "kernel_interfaces",

@@ -135,9 +135,10 @@ class ForkSites:
             "rlimits": {},
         }
         lines: queue.Queue[str] = queue.Queue()
-        app = self.server.spawn(
-            site.name, request, [], cgroup=None, on_line=lines.put, thread_name="test-app"
+        app, dialer = self.server.spawn_app(
+            site.name, request, None, cgroup=None, on_line=lines.put, thread_name="test-app"
         )
+        dialer.close()  # no agent here
         return app, lines
 
     def run(self, site: Site, code: str) -> Result:

@@ -56,7 +56,15 @@ from fedsim.relay.tls import RunCA, ServerCertificate
 from fedsim.rundir import RunDir, directory_digest, iso, new_run_id
 from fedsim.safefiles import Skipped, copy_tree
 from fedsim.sites.applines import with_host_path
-from fedsim.sites.base import AgentLaunch, AppBundle, Placement, RelayTls, RunningSite, SiteStep
+from fedsim.sites.base import (
+    AgentLaunch,
+    AppBundle,
+    Placement,
+    RelayTls,
+    RunningSite,
+    SiteStep,
+    relay_socket_in,
+)
 from fedsim.sites.factory import make_placements
 from fedsim.sites.group import SiteGroup
 from fedsim.stopping import Stopper, StopSignal
@@ -397,7 +405,7 @@ class Run:
         title = f"step {step.index}: {step.config.app.name}" if step.label else None
         with ProgressDisplay(lambda: self._rows(step), step.index, self.timeline, title) as display:
             try:
-                relay = self._start_relay(step, private / f"step-{step.index}")
+                relay = self._start_relay(step, private)
                 self._start_sites(step, relay)
                 self._watch(step, display)
                 step.status = "finished"
@@ -429,7 +437,6 @@ class Run:
         ]
 
     def _start_relay(self, step: StepRecord, private: Path) -> RelayServer:
-        private.mkdir(mode=0o700)
         names = tuple(s.name for s in self.config.sites)
         tokens = {name: secrets.token_urlsafe(32) for name in names}
         capture = None
@@ -461,7 +468,9 @@ class Run:
                 list(names),
                 step.relay_state.site_statuses,
             )
-        relay = RelayServer(step.relay_state, private / "relay.sock", tls=tls)
+        socket_path = relay_socket_in(private, step.index)
+        socket_path.parent.mkdir(mode=0o700, exist_ok=True)
+        relay = RelayServer(step.relay_state, socket_path, tls=tls)
         relay.start()
         relay.socket_path.chmod(0o666)  # agents run as their own uids; the folder is private
         log.info("relay listening on %s", relay.socket_path, extra={"component": "relay"})

@@ -17,6 +17,8 @@ import socket
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
+from fedsim.agent.app_dialer import AppDialer
+
 
 class AppRequestError(Exception):
     """A request to the app failed; the message names it."""
@@ -30,10 +32,23 @@ class AppRefused(AppRequestError):
     """The app answered with an HTTP error status."""
 
 
-class AppClient:
-    """Requests to one app; each call is one connection, closed when it returns."""
+class _DialedConnection(http.client.HTTPConnection):
+    """An ``HTTPConnection`` whose socket the site's dialer makes (``app_dialer.py``)."""
 
-    def __init__(self, url: str, timeout: float) -> None:
+    def __init__(self, dialer: AppDialer, host: str, port: int, timeout: float) -> None:
+        super().__init__(host, port, timeout=timeout)
+        self._dialer = dialer
+
+    def connect(self) -> None:
+        self.sock = self._dialer.connect(self.host, self.port, self.timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as connect() does
+
+
+class AppClient:
+    """Requests to one app; each call is one connection, closed when it returns. With a
+    ``dialer``, the site makes each connection (a forked agent is in no site's network)."""
+
+    def __init__(self, url: str, timeout: float, dialer: AppDialer | None = None) -> None:
         parts = urlsplit(url)
         if parts.scheme != "http" or parts.hostname is None:
             raise ValueError(f"the app's address must be http://HOST:PORT, not {url!r}")
@@ -41,6 +56,7 @@ class AppClient:
         self._name = parts.hostname
         self._port = parts.port or 80
         self._timeout = timeout
+        self._dialer = dialer
         self._address: str | None = None
 
     def get(self, path: str) -> bytes:
@@ -70,8 +86,11 @@ class AppClient:
         headers = {"Host": self._host_header}
         if kind is not None:
             headers["Content-Type"] = f"application/{kind}"
-        connection = http.client.HTTPConnection(
-            self._address or self._name, self._port, timeout=self._timeout
+        host = self._address or self._name
+        connection = (
+            http.client.HTTPConnection(host, self._port, timeout=self._timeout)
+            if self._dialer is None
+            else _DialedConnection(self._dialer, host, self._port, self._timeout)
         )
         try:
             connection.request(method, target, body=body, headers=headers)

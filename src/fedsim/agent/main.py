@@ -1,7 +1,8 @@
 """The agent's loop: wait for the app, set it up, move its messages until it finishes.
 
 The app runs in a sandbox of its own, started by the site's placement; the agent reaches it
-only on localhost:5000 (see ``sites/local_step.py``). Two threads share the work so that neither
+only on localhost:5000, in the site's network (``sites/local_step.py``) or through the site's
+dialer (``app_dialer.py``). Two threads share the work so that neither
 direction waits for the other: the main thread polls ``/api/status`` and forwards what the
 app emits; the inbox thread long-polls the relay and delivers what arrives. Each has its
 own HTTP clients.
@@ -20,6 +21,7 @@ from pathlib import Path
 import httpx
 
 from fedsim.agent.app_client import AppClient, AppRequestError, AppUnreachable
+from fedsim.agent.app_dialer import AppDialer
 from fedsim.agent.exchange import Exchange
 from fedsim.agent.launch import AgentLaunch
 from fedsim.agent.protocol import AppStatus, parse_status, setup_body
@@ -50,7 +52,9 @@ class AgentError(RuntimeError):
 
 
 class Agent:
-    def __init__(self, config: AgentLaunch, token: str) -> None:
+    def __init__(self, config: AgentLaunch, token: str, dialer: AppDialer | None = None) -> None:
+        """``dialer``: where the site makes the agent's connections to its app (a forked
+        agent's); without one the agent is in the site's network and connects itself."""
         self.config = config
         config.relay_address()
         relay, ca = config.relay_url, config.relay_ca
@@ -58,13 +62,13 @@ class Agent:
         self._relay_out = RelayClient(relay, config.site, token, ca)
         self._relay_in = RelayClient(relay, config.site, token, ca)
         self._relay_inbox_out = RelayClient(relay, config.site, token, ca)
-        self._app_out = AppClient(config.app_url, timeout=APP_TIMEOUT)
+        self._app_out = AppClient(config.app_url, timeout=APP_TIMEOUT, dialer=dialer)
         self._exchange = Exchange(
             config.site,
             list(config.clients),
             config.coordinator,
             config.seed,
-            app=AppClient(config.app_url, timeout=APP_TIMEOUT),
+            app=AppClient(config.app_url, timeout=APP_TIMEOUT, dialer=dialer),
             relay=self._relay_inbox_out,
         )
         self._stop = threading.Event()
@@ -235,13 +239,14 @@ def main(argv: list[str]) -> int:
     return run_agent(launch, token)
 
 
-def run_agent(launch: str, token: str) -> int:
+def run_agent(launch: str, token: str, dialer: AppDialer | None = None) -> int:
     """One site's agent from its launch description (JSON) and token: what ``main`` runs,
-    and what a child of the agent fork-server (``sites/agent_forkserver_main.py``) runs."""
+    and what a child of the agent fork-server (``sites/agent_forkserver_main.py``) runs,
+    with its site's dialer."""
     try:
         config = AgentLaunch.from_json(launch)
         config.relay_address()
     except (TypeError, ValueError) as exc:
         logging.getLogger("fedsim.agent").error("cannot read the launch description: %s", exc)
         return 2
-    return Agent(config, token).run()
+    return Agent(config, token, dialer).run()

@@ -1,22 +1,24 @@
-"""The agent fork-server: one per run (as root), it imports the agent once and forks every
-site's agent from there, so that an agent costs a fork instead of a fresh interpreter with
-httpx's imports (see ``docs/forked-agents.md``).
+"""The agent fork-server: one per run, it imports the agent once and forks every site's agent
+from there, so that an agent costs a fork instead of a fresh interpreter with httpx's imports
+(see ``docs/forked-agents.md``).
 
 Runs under fedsim's interpreter in a bubblewrap sandbox of its own (``agent_forkserver.py``):
-the system and fedsim's runtime read-only, no network, no relay, no token, no site's files.
-It stays root with bubblewrap's capabilities, because joining a forked site's network needs
-``CAP_SYS_ADMIN`` over the user namespace the app fork-server made it in, and it takes
-requests only on the socket pair fedsim made at its start. It starts no thread and holds no
-descriptor but that socket, so a fork inherits nothing of another site.
+the system and fedsim's runtime read-only, the folder of the relay's socket, no network, no
+token, no site's files. As root it stays root (in the sandbox, with bubblewrap's
+capabilities) to give each agent its site's agent uid; as an ordinary user it keeps
+bubblewrap's user namespace and its capabilities there, and its agents keep the user's uid.
+It takes requests only on the socket pair fedsim made at its start, starts no thread and
+holds no descriptor but that socket, so a fork inherits nothing of another site.
 
-A forked child takes its site's place before it learns anything of the site's secrets: the
-site's network (its descriptor sent by fedsim), then new mount, pid, uts and ipc namespaces;
-the relay's socket bound where the launch description names it, the site's ``/etc``
-identity, a private ``/tmp``; as the new pid namespace's pid 1, a fresh ``/proc``, the
-agent's uid, no capabilities, ``no_new_privs``, not dumpable, the seccomp filter. Only then
-does it say ``ready`` on its status socket, and fedsim answers with the token. It reports
-``exit N`` there when the agent ends, as a forked app's pid 1 does (``forkserver_main.py``,
-whose protocol and helpers these are).
+A forked child takes its place before it learns anything of its site's secrets: new mount,
+pid, uts, ipc and network namespaces (a network of its own, empty: it reaches its app only
+through its site's dialer, ``agent/app_dialer.py``); the relay's socket bound where the launch
+description names it, the site's ``/etc`` identity, a private ``/tmp``; as the new pid
+namespace's pid 1, a fresh ``/proc``, the agent's uid (as root), no capabilities,
+``no_new_privs``, not dumpable, the seccomp filter. Only then does it say ``ready`` on its
+status socket, and fedsim answers with the token. It reports ``exit N`` there when the agent
+ends, as a forked app's pid 1 does (``forkserver_main.py``, whose protocol and helpers these
+are).
 """
 
 from __future__ import annotations
@@ -36,7 +38,6 @@ from fedsim.sites.forkserver_main import (
     CLONE_NEWNS,
     CLONE_NEWPID,
     CLONE_NEWUTS,
-    MS_BIND,
     MS_NODEV,
     MS_NOSUID,
     MS_PRIVATE,
@@ -46,6 +47,7 @@ from fedsim.sites.forkserver_main import (
     PR_SET_DUMPABLE,
     PR_SET_PDEATHSIG,
     _check,
+    bind,
     drop_privileges,
     fresh_proc,
     libc,
@@ -56,6 +58,7 @@ from fedsim.sites.forkserver_main import (
     report_setup_error,
     set_title,
     tmpfs,
+    uncover_proc,
     unshare,
     write_identity,
 )
@@ -104,13 +107,13 @@ def serve(control: socket.socket, seccomp: bytes) -> None:
 
 
 def agent_child(request: dict, fds: list[int], seccomp: bytes) -> None:
-    """``fds``: the status socket, the output pipe, the site's network, the relay's socket."""
+    """``fds``: the status socket, the output pipe, the agent's end of its site's dialer."""
     status = socket.socket(fileno=fds[0])
     try:
-        enter_site(request, network=fds[2], relay=fds[3])
+        enter_site(request)
         if os.fork() != 0:
             os._exit(0)
-        code = agent_init(request, status, fds[1], seccomp)
+        code = agent_init(request, status, fds[1], fds[2], seccomp)
     except BaseException as exc:
         report_setup_error(status, exc)
     try:
@@ -120,30 +123,22 @@ def agent_child(request: dict, fds: list[int], seccomp: bytes) -> None:
         os._exit(code)
 
 
-def enter_site(request: dict, *, network: int, relay: int) -> None:
-    """The site's network, then namespaces, folders and identity of the agent's own."""
-    _check(libc.setns(network, CLONE_NEWNET), "setns into the site's network")
-    os.close(network)
-    unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWPID)
+def enter_site(request: dict) -> None:
+    """Namespaces (a network of its own among them), folders and identity of the agent's own."""
+    unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWPID | CLONE_NEWNET)
     mount(None, "/", None, MS_REC | MS_PRIVATE)
     name = request["hostname"]
     _check(libc.sethostname(name.encode(), len(name.encode())), "sethostname")
-    attach(relay, request["relay_socket"])
+    bind(request["relay"], request["relay_socket"], writable=False)  # connecting writes nothing
     private_tmp(TMP_SIZE)
     tmpfs(AGENT_RUN, "size=1m,mode=755")
     write_identity(AGENT_RUN, request["identity"])
     mount(None, AGENT_RUN, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
 
 
-def attach(mount_fd: int, target: str) -> None:
-    """Put a detached mount fedsim made (``open_tree``) at ``target``, nosuid and nodev."""
-    result = libc.syscall(SYS_MOVE_MOUNT, mount_fd, b"", AT_FDCWD, target.encode(), F_EMPTY_PATH)
-    _check(0 if result == 0 else -1, f"move_mount {target}")
-    os.close(mount_fd)
-    mount(None, target, None, MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV)
-
-
-def agent_init(request: dict, status: socket.socket, output_fd: int, seccomp: bytes) -> int:
+def agent_init(
+    request: dict, status: socket.socket, output_fd: int, dialer: int, seccomp: bytes
+) -> int:
     """The agent's pid namespace's pid 1, which is the agent: a fresh ``/proc``, its uid and
     filter, ``ready``; the token in answer; then the agent's loop, whose exit code it returns."""
     fresh_proc()
@@ -168,12 +163,13 @@ def agent_init(request: dict, status: socket.socket, output_fd: int, seccomp: by
     os.chdir("/")
     os.environ.clear()
     os.environ.update(request["env"])
+    from fedsim.agent.app_dialer import AppDialer
     from fedsim.agent.main import run_agent
     from fedsim.logs import configure_agent_stdout
 
     configure_agent_stdout()
     try:
-        return run_agent(request["launch"], token)
+        return run_agent(request["launch"], token, AppDialer(dialer))
     except Exception:  # as an uncaught one ends ``python -m fedsim.agent``: in the site's log
         traceback.print_exc()
         return 1
@@ -182,6 +178,7 @@ def agent_init(request: dict, status: socket.socket, output_fd: int, seccomp: by
 def main() -> None:
     control = socket.socket(fileno=int(sys.argv[1]))
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    uncover_proc()  # as an ordinary user, each child's /proc needs a fully visible one
     with open(SECCOMP, "rb") as handle:
         seccomp = handle.read()
     preload()

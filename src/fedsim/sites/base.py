@@ -83,6 +83,18 @@ class SiteStep:
     """Set when some placement of the run is ``remote``."""
 
 
+def relay_folder(workdir: Path) -> Path:
+    """The folder of a run's private working folder ``workdir`` that holds the relays'
+    sockets and nothing else: the agent fork-server sees it, for its children to bind their
+    step's socket, and no token or launch file is near it."""
+    return workdir / "relay"
+
+
+def relay_socket_in(workdir: Path, step: int) -> Path:
+    """Where the relay of step ``step`` listens (each step has a relay of its own)."""
+    return relay_folder(workdir) / f"step-{step}.sock"
+
+
 def wait_by_polling(
     poll: Callable[[], int | None], timeout: float | None, interval: float = 0.05
 ) -> int | None:

@@ -1,6 +1,6 @@
-"""A local site whose apps a fork-server forks (``forkserver.py``); its agents, forked too
-(``agent_forkserver.py``) as root, else started as in ``local_step.py``, join the network the
-forked app made.
+"""A local site whose apps a fork-server forks (``forkserver.py``) and whose agents the run's
+agent fork-server forks (``agent_forkserver.py``): an agent has a network of its own and
+reaches its app through connections the site's pid 1 makes (``agent/app_dialer.py``).
 
 The site's app copies and inputs live under the run's fork folder, which the fork-server
 sees with the run directory's site folders (the outputs); the agent's token and launch file
@@ -10,6 +10,7 @@ stay in the site's control folder outside both.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from fedsim.sites.uids import SiteUids
 ServerOf = Callable[[AppBundle], ForkServer]
 """The run's fork-server for an app's environment (started on first use)."""
 AgentsOf = Callable[[], AgentForkServer]
-"""The run's agent fork-server (started with the run's local sites; as root only)."""
+"""The run's agent fork-server (started with the run's local sites)."""
 
 
 class ForkedRunningSite(LocalRunningSite):
@@ -40,37 +41,33 @@ class ForkedRunningSite(LocalRunningSite):
         input_dir: Path,
         app_copy: Path,
         server: ServerOf,
-        agents: AgentsOf | None,
+        agents: AgentsOf,
     ) -> None:
         super().__init__(site, step, input_dir, app_copy)
         self._server = server
         self._agents = agents
-
-    def _network_pid(self) -> int:
-        assert self._app is not None and self._app.init_pid is not None
-        return self._app.init_pid
-
-    def _join_network(self) -> list[str]:
-        """The network the forked app made, from its fork-server's user namespace."""
-        return self._site.join_network(
-            self._network_pid(), user_pid=self._server(self._step.app).pid
-        )
+        self._dialer: socket.socket | None = None
+        """fedsim's end of the site's dialer, until the agent has it."""
 
     def _start_agent(self, launch: AgentLaunch, on_line: LineSink) -> SiteProcess:
-        """Forked by the run's agent fork-server where there is one (as root), else as a
-        local site's agent starts."""
         site = self._site
-        if self._agents is None or site.uids is None:
-            return super()._start_agent(launch, on_line)
+        assert self._dialer is not None
+        dialer, self._dialer = self._dialer.detach(), None
         return self._agents().spawn_agent(
             site.name,
-            uid=site.uids.agent,
+            uid=None if site.uids is None else site.uids.agent,
             launch=launch_bytes(launch).decode(),
             token=self._step.token,
-            network_pid=self._network_pid(),
+            dialer=dialer,
             relay_socket=self._step.relay_socket,
             on_line=on_line,
         )
+
+    def stop(self) -> None:
+        super().stop()
+        if self._dialer is not None:
+            self._dialer.close()
+            self._dialer = None
 
     def _start_app(self, launch: AgentLaunch, on_line: LineSink) -> SiteProcess:
         site, step = self._site, self._step
@@ -87,15 +84,16 @@ class ForkedRunningSite(LocalRunningSite):
             "env": sandbox_env({"FEDSIM_SHORTEN_WAITS": "1" if launch.shorten_waits else "0"}),
             "rlimits": rlimits(site.limits, self._cgroup),
         }
-        fds = [] if step.env_file is None else [os.open(step.env_file, os.O_RDONLY)]
-        return server.spawn(
+        secrets = None if step.env_file is None else os.open(step.env_file, os.O_RDONLY)
+        app, self._dialer = server.spawn_app(
             site.name,
             request,
-            fds,
+            secrets,
             cgroup=self._cgroup,
             on_line=on_line,
             thread_name=f"site-{site.name}-app",
         )
+        return app
 
 
 class ForkedPlacement(LocalPlacement):
@@ -109,7 +107,7 @@ class ForkedPlacement(LocalPlacement):
         *,
         control_dir: Path,
         server: ServerOf,
-        agents: AgentsOf | None,
+        agents: AgentsOf,
         server_uid: int | None,
         limits: Limits,
         uids: SiteUids | None,
@@ -132,8 +130,7 @@ class ForkedPlacement(LocalPlacement):
         not a step's: a step's sites start as soon as the step does."""
         super().prepare(app)
         self._server(app)
-        if self._agents is not None:
-            self._agents()
+        self._agents()
 
     def open(self) -> None:
         self._dir.mkdir(mode=0o700)

@@ -131,8 +131,6 @@ class ForkingServer:
         self._uid_block = uid_block
         self._lock = threading.Lock()
         self._control, self._theirs = _credentials_pair()
-        self.pid: int | None = None
-        """The server's process as this machine sees it, once it is ready."""
 
     def _launch(self, spec: SandboxSpec, argv: list[str], data: dict[str, int]) -> None:
         """Start ``argv`` (which names ``self._theirs``) in ``spec``'s sandbox and wait for its
@@ -179,14 +177,13 @@ class ForkingServer:
             for name in ("uid_map", "gid_map"):
                 Path(f"/proc/{pid}/{name}").write_text(f"{first} {first} {count}\n")
             self._control.send(b"mapped")
-            message, pid = _receive(self._control, START_TIMEOUT)
-        if message != b"ready" or pid is None:
+            message, _pid = _receive(self._control, START_TIMEOUT)
+        if message != b"ready":
             raise SandboxError(
                 f"the fork-server of {self._name} did not start"
                 + (f" ({message.decode(errors='replace')})" if message else "")
                 + "; see its lines in the log"
             )
-        self.pid = pid
         log.debug("fork-server of %s ready", self._name)
 
     def spawn(
@@ -293,3 +290,27 @@ class ForkServer(ForkingServer):
             "-" if server_uid is None else str(server_uid),
         ]
         self._launch(spec, argv, data)
+
+    def spawn_app(
+        self,
+        site: str,
+        request: dict[str, Any],
+        secrets: int | None,
+        *,
+        cgroup: SiteCgroup | None,
+        on_line: LineSink,
+        thread_name: str,
+    ) -> tuple[ForkedApp, socket.socket]:
+        """Fork one site's app (``request`` as ``forkserver_main.py`` reads it); ``secrets``,
+        the site's secrets file if any, is handed over and closed here. Returns the app and
+        fedsim's end of the site's dialer, for its agent (``agent/app_dialer.py``)."""
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        fds = [theirs.detach(), *([] if secrets is None else [secrets])]
+        try:
+            app = self.spawn(
+                site, request, fds, cgroup=cgroup, on_line=on_line, thread_name=thread_name
+            )
+        except BaseException:
+            mine.close()
+            raise
+        return app, mine

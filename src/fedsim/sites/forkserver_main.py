@@ -25,6 +25,7 @@ the app has ended; a setup failure says ``error ...``.
 """
 
 import ctypes
+import errno
 import gc
 import importlib
 import io
@@ -36,6 +37,7 @@ import signal
 import socket
 import struct
 import sys
+import threading
 import traceback
 
 CLONE_NEWNS = 0x00020000
@@ -47,6 +49,8 @@ CLONE_NEWNET = 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
 MNT_DETACH = 2
+DIAL_TIMEOUT = 5.0
+"""How long the site's pid 1 tries to connect for its agent (on loopback: at once)."""
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_CAPBSET_DROP = 1, 4, 24
 PR_SET_SECCOMP, PR_SET_NO_NEW_PRIVS = 22, 38
 SECCOMP_MODE_FILTER = 2
@@ -212,7 +216,7 @@ def report_setup_error(status, exc):
         os._exit(1)
 
 
-def _umount_proc_covers():
+def uncover_proc():
     """bubblewrap covers parts of ``/proc``; a proc mount is only made in a user namespace
     while another one is fully visible, so the server's must be: its covers go."""
     for name in PROC_COVERED:
@@ -225,7 +229,7 @@ def _umount_proc_covers():
 def become_server(control, server_uid):
     """As root: stop being root on the host, then make the user namespace fedsim maps the
     run's uids into. As an ordinary user bubblewrap made it already."""
-    _umount_proc_covers()
+    uncover_proc()
     if server_uid is None:
         return
     os.setgroups([])
@@ -280,12 +284,14 @@ def serve(control, seccomp):
 
 
 def site_child(request, fds, seccomp):
+    """``fds``: the status socket, the output pipe, the dialer's socket and, if any, the
+    site's secrets."""
     status = socket.socket(fileno=fds[0])
     try:
-        enter_site(request, fds[2] if len(fds) > 2 else None)
+        enter_site(request, fds[3] if len(fds) > 3 else None)
         if os.fork() != 0:
             os._exit(0)
-        return site_init(request, status, fds[1], seccomp)
+        return site_init(request, status, fds[1], socket.socket(fileno=fds[2]), seccomp)
     except BaseException as exc:
         report_setup_error(status, exc)
 
@@ -336,9 +342,10 @@ def enter_site(request, env_fd):
     mount(None, APP_RUN, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
 
 
-def site_init(request, status, output_fd, seccomp):
+def site_init(request, status, output_fd, dialer, seccomp):
     """The site's pid 1: a fresh ``/proc``, fedsim's go, then the app as its child, reaped
-    with everything else left in the site; reports the app's exit and ends the site."""
+    with everything else left in the site; meanwhile it makes the agent's connections to the
+    app (``serve_dials``); reports the app's exit and ends the site."""
     fresh_proc()
     set_title(f"fedsim-site {request['hostname']}")
     status.send(b"ready")
@@ -355,6 +362,8 @@ def site_init(request, status, output_fd, seccomp):
         status.close()
         return lambda: run_app(request, output_fd, seccomp)
     os.close(output_fd)
+    # only now a thread: the app was forked from a process that had none
+    threading.Thread(target=serve_dials, args=(dialer,), daemon=True).start()
     while True:
         pid, wait_status = os.wait()
         if pid == app:
@@ -364,6 +373,31 @@ def site_init(request, status, output_fd, seccomp):
                 code = os.WEXITSTATUS(wait_status)
             status.send(f"exit {code}".encode())
             os._exit(0)
+
+
+def serve_dials(dialer):
+    """Connect where the agent asks (``HOST PORT``) in the site's network, and hand it the
+    socket, or ``error ERRNO`` (``agent/app_dialer.py`` is the other end); until the agent
+    hangs up. The site's network holds its loopback only."""
+    while True:
+        try:
+            message = dialer.recv(64)
+        except OSError:
+            return
+        if not message:
+            return
+        try:
+            host, port = message.decode("ascii").split(" ")
+            with socket.create_connection((host, int(port)), timeout=DIAL_TIMEOUT) as connected:
+                payload = struct.pack("i", connected.fileno())
+                dialer.sendmsg([b"ok"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, payload)])
+        except (OSError, ValueError) as exc:  # a timeout has no errno of its own
+            timed_out = isinstance(exc, socket.timeout)
+            number = errno.ETIMEDOUT if timed_out else getattr(exc, "errno", None) or errno.EINVAL
+            try:
+                dialer.send(f"error {number}".encode())
+            except OSError:
+                return
 
 
 def run_app(request, output_fd, seccomp):

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from fedsim.errors import ConfigError, SandboxError
 from fedsim.logs import get_logger
 from fedsim.safefiles import Skipped, copy_inputs, copy_tree, prune_tree
-from fedsim.sites.base import AgentLaunch, AppBundle, LineSink, SiteStep
+from fedsim.sites.base import AgentLaunch, AppBundle, LineSink, SiteStep, relay_folder
 from fedsim.sites.limits import Limits
 from fedsim.sites.local_step import (
     LAUNCHER,
@@ -83,7 +83,8 @@ class LocalFamily:
             self._fork_dir.mkdir(mode=0o700)
             if self._uids is not None:
                 os.chown(self._fork_dir, self._uids.server, self._uids.server)
-                self._agents = _started_aside(self._start_agent_server)
+            relay_folder(workdir).mkdir(mode=0o700, exist_ok=True)
+            self._agents = _started_aside(self._start_agent_server)
 
     def placement(self, site: SiteConfig) -> LocalPlacement:
         uids = None if self._uids is None else self._uids.site(self._index)
@@ -96,7 +97,7 @@ class LocalFamily:
                 self._fork_dir / site.name,
                 control_dir=self._workdir / "sites" / site.name / "control",
                 server=self._server,
-                agents=self._agent_server if self._uids is not None else None,
+                agents=self._agent_server,
                 server_uid=None if self._uids is None else self._uids.server,
                 limits=self._config.limits_of(site),
                 uids=uids,
@@ -135,10 +136,12 @@ class LocalFamily:
     def _start_agent_server(self) -> AgentForkServer:
         from fedsim.sites.agent_forkserver import AgentForkServer
 
-        return AgentForkServer(fedsim_runtime_dirs(), self._seccomp, RELAY_SOCKET)
+        return AgentForkServer(
+            fedsim_runtime_dirs(), self._seccomp, relay_folder(self._workdir), RELAY_SOCKET
+        )
 
     def _agent_server(self) -> AgentForkServer:
-        """The run's agent fork-server (as root); it started with the family, beside the app
+        """The run's agent fork-server; it started with the family, beside the app
         environments and their fork-server; one that failed to start fails each site here."""
         assert self._agents is not None
         failed = self._agents.exception()

@@ -95,21 +95,17 @@ class SiteContext:
     seccomp_filter: Path
     run_id: str
 
-    def join_network(self, pid: int | None = None, user_pid: int | None = None) -> list[str]:
-        """Into the network of the site's holder, or of ``pid`` (a forked site's pid 1).
-
-        An ordinary user first joins the user namespace the network belongs to, or that of
-        ``user_pid``, one above it (a forked site's network belongs to a namespace of the
-        site's own, made in its fork-server's: joined from there, the agent's sandbox is no
-        child of the app's namespace, over which the app would hold every capability)."""
-        pid = self.holder_pid if pid is None else pid
-        assert pid is not None, "a site without a network holder names the network's pid"
+    def join_network(self) -> list[str]:
+        """Into the network of the site's holder."""
+        pid = self.holder_pid
+        assert pid is not None, "a forked site's agent has a network of its own"
         if running_as_root():
             return ["/usr/bin/nsenter", f"--net=/proc/{pid}/ns/net", "--"]
         return [
             "/usr/bin/nsenter",
-            f"--user=/proc/{pid if user_pid is None else user_pid}/ns/user",
-            f"--net=/proc/{pid}/ns/net",
+            f"--target={pid}",
+            "--user",
+            "--net",
             "--preserve-credentials",
             "--",
         ]
@@ -220,10 +216,6 @@ class LocalRunningSite:
             os.chown(self.output_dir, uid, uid)
         return uid
 
-    def _join_network(self) -> list[str]:
-        """The prefix that takes the agent into the site's network (the holder's)."""
-        return self._site.join_network()
-
     def _start_app(self, launch: AgentLaunch, on_line: LineSink) -> SiteProcess:
         site, step = self._site, self._step
         uid = self._copy_app()
@@ -296,7 +288,7 @@ class LocalRunningSite:
         )
         argv = [sys.executable, "-m", "fedsim.agent", LAUNCH_FILE, TOKEN_FILE]
         return start_sandbox(
-            self._join_network(),
+            site.join_network(),
             spec,
             argv,
             seccomp_filter=site.seccomp_filter,

@@ -33,6 +33,8 @@ SYS = {
     "unshare": 272,
     "mount": 165,
     "setns": 308,
+    "pidfd_open": 434,
+    "pidfd_getfd": 438,
 }
 CLONE_NEWUSER = 0x10000000
 SIGCHLD = 17
@@ -147,7 +149,7 @@ def agent_token(cfg):
         for path, dirs, files in os.walk(root):
             dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(path, d))]
             for name in files:
-                if name in ("token", "agent.json", "relay.sock"):
+                if name in ("token", "agent.json", "relay.sock", "step-1.sock"):
                     found.append(os.path.join(path, name))
     return not found, f"found {found}"
 
@@ -175,6 +177,7 @@ def relay_from_mountinfo(cfg):
         while ancestor not in ("/", ""):
             candidates.add(os.path.join(ancestor, "relay.sock"))
             candidates.add(os.path.join(ancestor, "step-1", "relay.sock"))
+            candidates.add(os.path.join(ancestor, "relay", "step-1.sock"))
             ancestor = os.path.dirname(ancestor)
     for candidate in sorted(candidates):
         if os.path.exists(candidate):
@@ -185,6 +188,40 @@ def relay_from_mountinfo(cfg):
             except OSError:
                 pass
     return not reached, f"reached {reached}"
+
+
+def site_dialer(cfg):
+    """The site's dialer, which the site's pid 1 holds to connect for its agent: no descriptor
+    of this process is one, and pid 1 shows no socket and gives none (pidfd_getfd). (Where
+    pid 1 is bubblewrap's, as an ordinary user's without a fork-server, its /dev/null, output
+    pipe and eventfd show.)"""
+    held = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            sock = socket.socket(fileno=os.dup(int(name)))
+        except OSError:
+            continue
+        with sock:
+            if sock.family == socket.AF_UNIX and sock.type == socket.SOCK_SEQPACKET:
+                held.append(name)
+    try:
+        listed = {n: os.readlink(f"/proc/1/fd/{n}") for n in os.listdir("/proc/1/fd")}
+    except OSError:
+        listed = {}
+    sockets = {n: target for n, target in listed.items() if target.startswith("socket:")}
+    taken = []
+    pidfd, _ = syscall("pidfd_open", 1, 0)
+    if pidfd >= 0:
+        for number in range(64):
+            fd, _ = syscall("pidfd_getfd", pidfd, number, 0)
+            if fd >= 0:
+                taken.append(number)
+                os.close(fd)
+        os.close(pidfd)
+    return (
+        not held and not sockets and not taken,
+        f"holds {held}; pid 1's descriptors {listed}; took {taken}",
+    )
 
 
 def ptrace_anything(cfg):
@@ -332,6 +369,7 @@ ATTEMPTS = {
         agent_token,
         agent_processes,
         relay_from_mountinfo,
+        site_dialer,
         ptrace_anything,
         new_user_namespace,
         kernel_interfaces,
