@@ -24,6 +24,7 @@ sees it), waits for ``go`` (fedsim has put it in the site's cgroup) and says ``e
 the app has ended; a setup failure says ``error ...``.
 """
 
+import contextlib
 import ctypes
 import errno
 import gc
@@ -33,11 +34,11 @@ import json
 import os
 import resource
 import runpy
+import select
 import signal
 import socket
 import struct
 import sys
-import threading
 import traceback
 
 CLONE_NEWNS = 0x00020000
@@ -345,7 +346,7 @@ def enter_site(request, env_fd):
 def site_init(request, status, output_fd, dialer, seccomp):
     """The site's pid 1: a fresh ``/proc``, fedsim's go, then the app as its child, reaped
     with everything else left in the site; meanwhile it makes the agent's connections to the
-    app (``serve_dials``); reports the app's exit and ends the site."""
+    app (``dial``); reports the app's exit and ends the site."""
     fresh_proc()
     set_title(f"fedsim-site {request['hostname']}")
     status.send(b"ready")
@@ -362,10 +363,38 @@ def site_init(request, status, output_fd, dialer, seccomp):
         status.close()
         return lambda: run_app(request, output_fd, seccomp)
     os.close(output_fd)
-    # only now a thread: the app was forked from a process that had none
-    threading.Thread(target=serve_dials, args=(dialer,), daemon=True).start()
+    serve_site(app, dialer, status)
+
+
+def serve_site(app, dialer, status):
+    """pid 1's loop, in one thread (a thread's stack and arena cost every site more than a
+    megabyte): dial for the agent; reap every child left in the site; report the app's exit
+    and end the site."""
+    wake, woken = os.pipe()
+    os.set_blocking(wake, False)
+    os.set_blocking(woken, False)
+    signal.set_wakeup_fd(woken)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    watched = [dialer, wake]
     while True:
-        pid, wait_status = os.wait()
+        reap(app, status)  # first before any wake-up: the app may have ended already
+        ready = select.select(watched, [], [])[0]
+        if wake in ready:
+            with contextlib.suppress(BlockingIOError):
+                os.read(wake, 4096)  # what is left wakes the next select at once
+        if dialer in ready and not dial(dialer):
+            watched.remove(dialer)  # the agent hung up
+
+
+def reap(app, status):
+    """Every child that ended; the app's end is the site's."""
+    while True:
+        try:
+            pid, wait_status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
         if pid == app:
             if os.WIFSIGNALED(wait_status):
                 code = 128 + os.WTERMSIG(wait_status)
@@ -375,29 +404,33 @@ def site_init(request, status, output_fd, dialer, seccomp):
             os._exit(0)
 
 
-def serve_dials(dialer):
-    """Connect where the agent asks (``HOST PORT``) in the site's network, and hand it the
-    socket, or ``error ERRNO`` (``agent/app_dialer.py`` is the other end); until the agent
-    hangs up. The site's network holds its loopback only."""
-    while True:
+def dial(dialer):
+    """Connect where the agent asks (``ADDRESS PORT``, the address numeric: the agent resolves
+    names, so that pid 1 loads no resolver) in the site's network and hand it the socket, or
+    ``error ERRNO`` (``agent/app_dialer.py`` is the other end). False once the agent has hung
+    up. The site's network holds its loopback only."""
+    try:
+        message = dialer.recv(64)
+    except OSError:
+        return False
+    if not message:
+        return False
+    try:
+        address, port = message.decode("ascii").split(" ")
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as connected:
+            connected.settimeout(DIAL_TIMEOUT)
+            connected.connect((address, int(port)))
+            payload = struct.pack("i", connected.fileno())
+            dialer.sendmsg([b"ok"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, payload)])
+    except (OSError, ValueError) as exc:  # a timeout has no errno of its own
+        timed_out = isinstance(exc, socket.timeout)
+        number = errno.ETIMEDOUT if timed_out else getattr(exc, "errno", None) or errno.EINVAL
         try:
-            message = dialer.recv(64)
+            dialer.send(f"error {number}".encode())
         except OSError:
-            return
-        if not message:
-            return
-        try:
-            host, port = message.decode("ascii").split(" ")
-            with socket.create_connection((host, int(port)), timeout=DIAL_TIMEOUT) as connected:
-                payload = struct.pack("i", connected.fileno())
-                dialer.sendmsg([b"ok"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, payload)])
-        except (OSError, ValueError) as exc:  # a timeout has no errno of its own
-            timed_out = isinstance(exc, socket.timeout)
-            number = errno.ETIMEDOUT if timed_out else getattr(exc, "errno", None) or errno.EINVAL
-            try:
-                dialer.send(f"error {number}".encode())
-            except OSError:
-                return
+            return False
+    return True
 
 
 def run_app(request, output_fd, seccomp):
