@@ -173,7 +173,7 @@ def measure(
     return figures, stdout
 
 
-def timed_and_sampled(run: Callable[[bool], dict[str, float]], repeat: int) -> dict[str, float]:
+def timed_and_sampled(run: Callable[[bool], dict[str, float]], repeat: int) -> dict[str, Any]:
     """``run(memory)`` ``repeat`` times unwatched, for the median wall time (runs of hundreds
     of sites vary by a tenth from one to the next), and once sampled, for the memory."""
     timed = [run(False) for _ in range(repeat)]
@@ -182,7 +182,7 @@ def timed_and_sampled(run: Callable[[bool], dict[str, float]], repeat: int) -> d
     return {
         **sampled,
         "wall_s": round(statistics.median(walls), 2),
-        "walls_s": walls,  # type: ignore[dict-item]
+        "walls_s": walls,
         "sampled_wall_s": sampled["wall_s"],
         "load_before": timed[0]["load_before"],
     }

@@ -108,6 +108,7 @@ class Write(AppState):
         self.register_transition("terminal")
 
     def run(self):
+        cfg = read_config()
         engine = sys.modules[AppState.__module__]  # the package's, or a vendored copy
         sleep, checks = engine.sleep, [0]
 
@@ -115,18 +116,21 @@ class Write(AppState):
             checks[0] += 1
             sleep(seconds)
 
-        if read_config().get("await_cost"):
+        if cfg.get("await_cost"):
             engine.sleep = counted_sleep
         cpu, wall = time.thread_time(), time.monotonic()
-        total = self.await_data(n=1)
-        cost = {"checks": checks[0], "cpu_s": time.thread_time() - cpu}
-        cost["wall_s"] = time.monotonic() - wall
-        engine.sleep = sleep
-        if read_config().get("await_cost"):
+        try:
+            total = self.await_data(n=1)
+        finally:
+            if cfg.get("await_cost"):
+                engine.sleep = sleep
+        if cfg.get("await_cost"):
+            cost = {"checks": checks[0], "cpu_s": time.thread_time() - cpu}
+            cost["wall_s"] = time.monotonic() - wall
             with open(os.path.join(OUTPUT_DIR, "await.json"), "w") as handle:
                 json.dump(cost, handle)
         with open(os.path.join(OUTPUT_DIR, "sum.json"), "w") as handle:
             json.dump({"sum": total}, handle)
-        while read_config().get("linger") and not self.is_coordinator:
+        while cfg.get("linger") and not self.is_coordinator:
             time.sleep(0.5)
         return "terminal"
