@@ -15,7 +15,8 @@ before a figure is kept. Reported per N and as the cost of each added site (slop
 two largest N).
 
 Run: .venv/bin/python bench/bench_scale.py [--sites 3 10 50 100 200 500] [--repeat 3]
-     [--flower-python P]
+     [--flower-python P] [--user]
+``--user`` (as root) also runs the forked start-up as an ordinary user (key ``user``).
 Writes bench/results/scale.json. Only loopback traffic; the app environment must be cached.
 """
 
@@ -227,16 +228,33 @@ def floor(python: Path, n: int) -> float:
 
 
 def fedsim_run(
-    folder: Path, config: Path, start: str, expected: np.ndarray, memory: bool
+    folder: Path,
+    config: Path,
+    start: str,
+    expected: np.ndarray,
+    memory: bool,
+    *,
+    as_user: tuple[list[str], dict[str, str]] = ([], {}),
 ) -> dict[str, float]:
-    """One measured ``fedsim run`` with its sites started the way ``start`` says."""
-    env = {**os.environ, "FEDSIM_SITE_START": start}
-    argv = [sys.executable, "-m", "fedsim", "run", str(config)]
+    """One measured ``fedsim run`` with its sites started the way ``start`` says; ``as_user``
+    (a command prefix and environment) runs it as someone else."""
+    prefix, extra = as_user
+    env = {**os.environ, **extra, "FEDSIM_SITE_START": start}
+    argv = [*prefix, sys.executable, "-m", "fedsim", "run", str(config)]
     figures, printed = measure(argv, env=env, memory=memory)
     n = len(list((folder / "data").iterdir()))
     for site in ("s0", f"s{n - 1}"):
         check(f"fedsim ({start}) at {site}", fedsim_mean(run_dir(printed), site), expected)
     return figures
+
+
+def ordinary_user(folder: Path, app_env: Path) -> tuple[list[str], dict[str, str]]:
+    """The prefix and environment that run fedsim as the tests' ordinary user (this session
+    must be root's): ``folder`` becomes that user's."""
+    sys.path.insert(0, str(ROOT))  # the tests' helper, shared rather than copied
+    from tests.ordinary_user import as_ordinary_user
+
+    return as_ordinary_user(folder, app_env)
 
 
 def flower_run(python: str, folder: Path, expected: np.ndarray, memory: bool) -> dict[str, float]:
@@ -284,13 +302,21 @@ def main() -> None:
         "--flower-python", help="a Python with flwr[simulation] (default: this one, if it has it)"
     )
     parser.add_argument(
+        "--user",
+        action="store_true",
+        help="also run the forked start-up as an ordinary user (needs root: the tests' user)",
+    )
+    parser.add_argument(
         "--repeat",
         type=int,
         default=1,
         help="timed runs of each, for the median wall time (memory comes from one more run)",
     )
     args = parser.parse_args()
-    python = env_python(ensure_app_env(APP))
+    app_env = ensure_app_env(APP)
+    python = env_python(app_env)
+    if args.user and os.geteuid() != 0:
+        raise SystemExit("--user needs root (it runs fedsim as the tests' ordinary user)")
     flower = flower_python(args.flower_python)
     if flower is None:
         print("Flower is not installed here (pip install -e '.[bench]'): measuring fedsim only")
@@ -305,6 +331,12 @@ def main() -> None:
                 row[start] = timed_and_sampled(
                     functools.partial(fedsim_run, folder, config, start, expected), args.repeat
                 )
+            if args.user:
+                user = ordinary_user(folder, app_env)
+                user_run = functools.partial(
+                    fedsim_run, folder, config, "fork", expected, as_user=user
+                )
+                row["user"] = timed_and_sampled(user_run, args.repeat)
             if flower is not None:
                 row["flower"] = timed_and_sampled(
                     functools.partial(flower_run, flower, folder, expected), args.repeat
@@ -312,7 +344,8 @@ def main() -> None:
         bare = floor(python, n)
         row["floor_s"] = round(bare, 2)
         rows.append(row)
-        for key in (*starts(args.start, n, args.exec_max_sites), *(["flower"] if flower else [])):
+        measured = [*starts(args.start, n, args.exec_max_sites), *(["user"] if args.user else [])]
+        for key in (*measured, *(["flower"] if flower else [])):
             figures = row[key]
             figures["wall_over_floor"] = round(figures["wall_s"] / bare, 2)
             print(
@@ -324,7 +357,7 @@ def main() -> None:
             )
     per_site = {}
     if len(rows) > 1:
-        for key in (*args.start, *(["flower"] if flower else [])):
+        for key in (*args.start, *(["user"] if args.user else []), *(["flower"] if flower else [])):
             if sum(key in row for row in rows) < 2:
                 continue
             per_site[key] = cost_per_added_site(rows, key)

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT, run_dir_of, write_config
+from tests.ordinary_user import TEST_UID, as_ordinary_user
 
 pytestmark = pytest.mark.usefixtures("site_start")  # both start-ups of local sites
 
@@ -45,8 +46,6 @@ ESCAPES = [
     "original_app",
     "output_links",
 ]
-TEST_UID = 2_099_000_123
-"""The ordinary user of the user-mode runs: far from any real account."""
 
 
 def hostile_run(
@@ -134,33 +133,6 @@ def user_namespaces(pid: int) -> list[int]:
             os.close(fd)
         fd = parent
     return chain
-
-
-def as_ordinary_user(tmp_path: Path, app_env: Path) -> tuple[list[str], dict[str, str]]:
-    """A command prefix running fedsim as TEST_UID. fedsim's Python and the built app
-    environment live under /root (mode 0700): a private mount namespace makes them
-    reachable for this user without changing anything on the host."""
-    stash = tmp_path / "root-stash"
-    cache = tmp_path / "cache"
-    (cache / "envs" / app_env.name).mkdir(parents=True)
-    stash.mkdir()
-    script = f"""
-set -e
-mount --make-rprivate /
-mount --bind {app_env} {cache / "envs" / app_env.name}
-mount --bind /root {stash}
-mount -t tmpfs -o mode=0755 tmpfs /root
-mkdir -p /root/.pyenv
-mount --bind {stash}/.pyenv /root/.pyenv
-exec setpriv --reuid={TEST_UID} --regid={TEST_UID} --clear-groups -- "$@"
-"""
-    for path in [tmp_path, *tmp_path.rglob("*")]:
-        if path != stash and stash not in path.parents:
-            os.lchown(path, TEST_UID, TEST_UID)
-    return ["unshare", "--mount", "--", "sh", "-c", script, "sh"], {
-        "FEDSIM_CACHE_DIR": str(cache),
-        "HOME": str(tmp_path),
-    }
 
 
 @pytest.fixture
