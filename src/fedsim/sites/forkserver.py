@@ -13,7 +13,8 @@ capabilities kept) is the server's.
 fedsim talks to the server over a ``SOCK_SEQPACKET`` socket pair (the protocol is in
 ``forkserver_main.py``); each forked app reports on a socket of its own, which tells fedsim
 the pid of the site's pid 1 as this machine sees it (``SCM_CREDENTIALS``): fedsim puts it in
-the site's cgroup, the agent joins its network through it, and killing it ends the site.
+the site's cgroup, and killing it ends the site. That pid 1 also makes the agent's
+connections to the app, in the site's network (``spawn_app``'s dialer).
 """
 
 from __future__ import annotations
