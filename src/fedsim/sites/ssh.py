@@ -272,12 +272,16 @@ class SshPlacement:
             return
         loop = self._family.loop
         self._closing = True
+        # the host ends once it has answered "close", and its end marks the site closed
+        # (``_read_answers``): whether the folder is removed is decided before, or a loaded
+        # machine that saw the end first kept the folder
+        reachable = self._lost is None
         try:
-            if self._process is not None and self._lost is None:
+            if self._process is not None and reachable:
                 with contextlib.suppress(SiteUnreachable):
                     self._request("close", timeout=30)
             loop.call(self._close_forward())
-            if self._lost is None and self.folder:
+            if reachable and self.folder and not self._session.connection.is_closed():
                 loop.call(self._shell(f"rm -rf {shlex.quote(self.folder)}"), timeout=60)
         finally:
             loop.call(self._disconnect(), timeout=30)
@@ -290,12 +294,12 @@ class SshPlacement:
         return self._session
 
     def _request(self, op: str, timeout: float = REQUEST_TIMEOUT, **fields: Any) -> dict[str, Any]:
-        answer = self._family.loop.call(self._ask(op, fields), timeout + 5)
+        answer = self._family.loop.call(self._ask(op, fields, timeout), timeout + 5)
         if "error" in answer:
             raise SiteFailed(f"site {self.name} ({self.target.address}): {op}: {answer['error']}")
         return answer
 
-    async def _ask(self, op: str, fields: dict[str, Any]) -> dict[str, Any]:
+    async def _ask(self, op: str, fields: dict[str, Any], timeout: float) -> dict[str, Any]:
         if self._lost is not None or self._process is None:
             raise SiteUnreachable(self.name, self.target.address, self._lost or "not started")
         ident = next(self._ids)
@@ -303,10 +307,10 @@ class SshPlacement:
         self._pending[ident] = future
         self._process.stdin.write(json.dumps({"id": ident, "op": op, **fields}) + "\n")
         try:
-            return await asyncio.wait_for(future, REQUEST_TIMEOUT)
+            return await asyncio.wait_for(future, timeout)
         except TimeoutError as exc:
             raise SiteUnreachable(
-                self.name, self.target.address, f"no answer to {op} in {REQUEST_TIMEOUT:g} s"
+                self.name, self.target.address, f"no answer to {op} in {timeout:g} s"
             ) from exc
         finally:
             self._pending.pop(ident, None)
