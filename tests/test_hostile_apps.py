@@ -12,7 +12,7 @@ import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -107,9 +107,41 @@ def site_processes(marker: str) -> dict[str, dict[int, int]]:
     return found
 
 
-def site_uids(marker: str) -> dict[str, set[int]]:
-    """The uids of ``site_processes``, by kind."""
-    return {kind: set(pids.values()) for kind, pids in site_processes(marker).items()}
+def run_watched(
+    tmp_path: Path,
+    config: Path,
+    as_user: tuple[list[str], dict[str, str]],
+    watch: Callable[[dict[str, dict[int, int]]], None],
+    *,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
+    """``fedsim run config`` (``as_user``: a command prefix and environment, see
+    ``as_ordinary_user``), handing ``site_processes`` of the run to ``watch`` every 0.2 s
+    while it goes on."""
+    private = tmp_path / "private"
+    private.mkdir()
+    prefix, user_env = as_user
+    if prefix:  # as_ordinary_user gave the rest of tmp_path to that user already
+        os.chown(private, TEST_UID, TEST_UID)
+    process = subprocess.Popen(
+        [*prefix, sys.executable, "-m", "fedsim", "run", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={
+            **os.environ,
+            **user_env,
+            **(env or {}),
+            "TMPDIR": str(private),  # every sandbox of this run names it on its command line
+        },
+    )
+    deadline = time.monotonic() + timeout
+    while process.poll() is None and time.monotonic() < deadline:
+        watch(site_processes(str(private)))
+        time.sleep(0.2)
+    stdout, stderr = process.communicate(timeout=60)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
 NS_GET_PARENT = 0xB702  # ioctl on a namespace file: the namespace above it
@@ -152,29 +184,16 @@ def test_every_escape_is_refused_and_the_run_ends_cleanly(
         pytest.skip("needs root to compare root and ordinary-user runs")
     tmp_path = open_tmp
     config = hostile_run(tmp_path, host_listener, linger=4, attempts=ESCAPES)
-    private = tmp_path / "private"
-    private.mkdir()
-    prefix, env = ([], {}) if who == "root" else as_ordinary_user(tmp_path, app_environment)
-    process = subprocess.Popen(
-        [*prefix, sys.executable, "-m", "fedsim", "run", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={
-            **os.environ,
-            **env,
-            "FEDSIM_TEST_HOST_TOKEN": "do-not-leak",
-            "TMPDIR": str(private),  # every sandbox of this run names it on its command line
-        },
-    )
+    as_user = ([], {}) if who == "root" else as_ordinary_user(tmp_path, app_environment)
     seen: dict[str, set[int]] = {"app": set(), "agent": set()}
-    deadline = time.monotonic() + 120
-    while process.poll() is None and time.monotonic() < deadline:
-        for kind, uids in site_uids(str(private)).items():
-            seen[kind] |= uids
-        time.sleep(0.2)
-    stdout, stderr = process.communicate(timeout=60)
-    result = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+    def note_uids(processes: dict[str, dict[int, int]]) -> None:
+        for kind, uids in processes.items():
+            seen[kind] |= set(uids.values())
+
+    result = run_watched(
+        tmp_path, config, as_user, note_uids, env={"FEDSIM_TEST_HOST_TOKEN": "do-not-leak"}
+    )
     assert result.returncode == 0, result.stderr
     run_dir = run_dir_of(result)
     for i in range(3):
@@ -224,26 +243,17 @@ def test_an_ordinary_users_sites_each_count_their_own_processes(
         attempts=["fork_bomb"],
         linger=3,
     )
-    private = tmp_path / "private"
-    private.mkdir()
-    prefix, env = as_ordinary_user(tmp_path, app_environment)
-    process = subprocess.Popen(
-        [*prefix, sys.executable, "-m", "fedsim", "run", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, **env, "TMPDIR": str(private)},
-    )
     chains: dict[str, dict[int, list[int]]] = {"app": {}, "agent": {}}
-    deadline = time.monotonic() + 240
-    while process.poll() is None and time.monotonic() < deadline:
-        for kind, pids in site_processes(str(private)).items():
+
+    def note_chains(processes: dict[str, dict[int, int]]) -> None:
+        for kind, pids in processes.items():
             for pid in pids:
                 chains[kind].setdefault(pid, user_namespaces(pid))
-        time.sleep(0.2)
-    stdout, stderr = process.communicate(timeout=60)
-    assert process.returncode == 0, stderr
-    run_dir = run_dir_of(subprocess.CompletedProcess(process.args, 0, stdout, stderr))
+
+    as_user = as_ordinary_user(tmp_path, app_environment)
+    result = run_watched(tmp_path, config, as_user, note_chains, timeout=240)
+    assert result.returncode == 0, result.stderr
+    run_dir = run_dir_of(result)
     for i in range(8):
         seen = json.loads((run_dir / "sites" / f"site-{i}" / "output" / "escapes.json").read_text())
         forked = int(seen["fork_bomb"]["detail"].split()[1])
