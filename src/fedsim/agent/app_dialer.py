@@ -52,6 +52,3 @@ class AppDialer:
             number = int(said[6:])
             raise OSError(number, os.strerror(number))
         raise ConnectionError(f"the site's dialer answered {said!r}" if said else "no dialer")
-
-    def close(self) -> None:
-        self._sock.close()

@@ -2,7 +2,7 @@
 (``agent_forkserver_main.py`` is what runs inside; ``docs/forked-agents.md`` the design).
 
 The server's sandbox holds the system and fedsim's runtime read-only, the seccomp filter,
-the folder of the relay's socket, and placeholders its children mount over (``/etc``'s
+the folder of the relays' sockets, and placeholders its children mount over (``/etc``'s
 identity files, the relay's socket where the launch description names it); no network, no
 site's folder, no token. Each agent gets, on the request fedsim sends, its site's dialer
 (``agent/app_dialer.py``), its only way to its app; its token only after it has become the

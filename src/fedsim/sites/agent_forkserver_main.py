@@ -3,7 +3,7 @@ from there, so that an agent costs a fork instead of a fresh interpreter with ht
 (see ``docs/forked-agents.md``).
 
 Runs under fedsim's interpreter in a bubblewrap sandbox of its own (``agent_forkserver.py``):
-the system and fedsim's runtime read-only, the folder of the relay's socket, no network, no
+the system and fedsim's runtime read-only, the folder of the relays' sockets, no network, no
 token, no site's files. As root it stays root (in the sandbox, with bubblewrap's
 capabilities) to give each agent its site's agent uid; as an ordinary user it keeps
 bubblewrap's user namespace and its capabilities there, and its agents keep the user's uid.

@@ -200,10 +200,11 @@ class ForkingServer:
         go: bytes = b"go",
     ) -> ForkedApp:
         """Fork one site's app (``request`` as ``forkserver_main.py`` reads it) or agent
-        (``what``); ``fds`` (its secrets file; the agent's network and relay) are handed over
-        and closed here. ``go`` answers the child's ``ready``: an agent's token travels so,
-        to the sandboxed child only. An agent writes fedsim's own line format, an app raw
-        lines (``start_reader``'s tag)."""
+        (``what``); ``fds`` (an app's end of its site's dialer and secrets file, see
+        ``spawn_app``; an agent's end of the dialer) are handed over and closed here. ``go``
+        answers the child's ``ready``: an agent's token travels so, to the sandboxed child
+        only. An agent writes fedsim's own line format, an app raw lines (``start_reader``'s
+        tag)."""
         status, theirs = _credentials_pair()
         read_end, write_end = os.pipe()
         try:

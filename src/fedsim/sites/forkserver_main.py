@@ -18,10 +18,11 @@ makes a user namespace of its own below it first (``own_user_namespace`` says wh
 
 Messages are datagrams on ``SOCK_SEQPACKET`` sockets. On the control socket: the server
 says ``map`` (root: fedsim writes its uid map) and then ``ready``; fedsim sends one JSON
-request per site with its status socket, its output pipe and, if any, its secrets file.
-On the status socket the site's pid 1 says ``ready`` (the kernel attaches its pid as fedsim
-sees it), waits for ``go`` (fedsim has put it in the site's cgroup) and says ``exit N`` when
-the app has ended; a setup failure says ``error ...``.
+request per site with its status socket, its output pipe, its dialer's socket and, if any,
+its secrets file. On the status socket the site's pid 1 says ``ready`` (the kernel attaches
+its pid as fedsim sees it), waits for ``go`` (fedsim has put it in the site's cgroup) and
+says ``exit N`` when the app has ended; a setup failure says ``error ...``. On the dialer's
+socket the agent asks ``ADDRESS PORT`` and pid 1 answers (``dial``).
 """
 
 import contextlib
