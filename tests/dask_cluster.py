@@ -12,8 +12,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,6 +38,8 @@ class Cluster:
     network: SshNetwork
     relay_address: str
     """On the hub, where every worker's namespace is routed (and nowhere else)."""
+    temp: dict[str, Path]
+    """Worker address -> its temporary folder (``TMPDIR``), where its sites' folders are."""
 
     def table(self) -> dict[str, Any]:
         """The config's ``[dask]`` table for this cluster."""
@@ -110,6 +114,7 @@ def dask_cluster(
             folder / "scheduler.log",
         )
         processes = [scheduler]
+        temps: list[Path] = []
         try:
             deadline = time.monotonic() + 30
             while not scheduler_file.exists() and time.monotonic() < deadline:
@@ -120,18 +125,22 @@ def dask_cluster(
                 options = ["--host", host.address, "--no-nanny", "--nthreads", "1"]
                 options += ["--no-dashboard", "--local-directory", str(folder / f"w{i}")]
                 argv = host.run_in([*DASK, "worker", address, *options])
-                env = None
+                # short, for the sockets in it; the fixture's own, to see what sites leave
+                temp = Path(tempfile.mkdtemp(prefix=f"fedsim-test-w{i}-"))
+                temps.append(temp)
+                env = {**os.environ, "TMPDIR": str(temp)}
                 if worker_cache is not None:
-                    env = {**os.environ, "FEDSIM_CACHE_DIR": str(worker_cache)}
+                    env["FEDSIM_CACHE_DIR"] = str(worker_cache)
                 process = _start(argv, folder / f"worker-{i}.log", env)
                 processes.append(process)
-                by_host[host.address] = process
-            cluster = Cluster(address, {}, scheduler, network, f"{hub}:{RELAY_PORT}")
+                by_host[host.address] = (process, temp)
+            cluster = Cluster(address, {}, scheduler, network, f"{hub}:{RELAY_PORT}", {})
             addresses = cluster.ask(
                 f"lambda c: c.wait_for_workers({n_workers}, timeout=60) or list(c.nthreads())"
             )
             for worker in addresses:
-                cluster.workers[worker] = by_host[worker.split("//")[1].rsplit(":", 1)[0]]
+                process, temp = by_host[worker.split("//")[1].rsplit(":", 1)[0]]
+                cluster.workers[worker], cluster.temp[worker] = process, temp
             yield cluster
         finally:
             for process in reversed(processes):
@@ -142,3 +151,5 @@ def dask_cluster(
                     except subprocess.TimeoutExpired:
                         process.kill()
                         process.wait()
+            for temp in temps:
+                shutil.rmtree(temp, ignore_errors=True)

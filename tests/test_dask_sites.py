@@ -136,8 +136,11 @@ def test_mean_across_workers_gives_the_pooled_means(
     assert left == [], "every site's task ended with the run"
 
 
-def start_hanging_run(tmp_path: Path, cluster: Cluster) -> subprocess.Popen[str]:
-    """fedsim run from the hub with three sites whose apps hang until stopped."""
+def start_hanging_run(
+    tmp_path: Path, cluster: Cluster, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """fedsim run from the hub with three sites whose apps hang until stopped (``env``: more
+    of fedsim's environment)."""
     sites = []
     for name in ("site-a", "site-b", "site-c"):
         data = tmp_path / "data" / name
@@ -146,7 +149,13 @@ def start_hanging_run(tmp_path: Path, cluster: Cluster) -> subprocess.Popen[str]
         sites.append({"name": name, "inputs": [str(data)]})
     config = dask_config(tmp_path, BEHAVE_APP, cluster.table(), sites)
     argv = cluster.fedsim("run", str(config))
-    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def wait_until_set_up(
@@ -192,6 +201,9 @@ def test_a_killed_worker_fails_its_site_and_the_run_naming_both(
     for other in ("site-a", "site-c"):  # the others were stopped and their logs collected
         log = (run_dir / "sites" / other / "site.log").read_text()
         assert "set up as" in log, other
+    # its site host outlived the worker: on losing it, it removed the run's folder there (the
+    # token in it); the others' were removed as the run closed them
+    assert_nothing_left(cluster)
 
 
 def test_an_orchestrator_that_dies_leaves_nothing_on_the_workers(
@@ -199,7 +211,9 @@ def test_an_orchestrator_that_dies_leaves_nothing_on_the_workers(
 ) -> None:
     """fedsim killed outright while its sites run: the scheduler lets go of their tasks,
     which stop their sites and end within seconds; no site host is left at any worker."""
-    process = start_hanging_run(tmp_path, cluster)
+    temp = tmp_path / "tmp"  # the orchestrator's private folder: nothing removes it after a kill
+    temp.mkdir()
+    process = start_hanging_run(tmp_path, cluster, {"TMPDIR": str(temp)})
     try:
         wait_until_set_up(tmp_path, process, ("site-a", "site-b", "site-c"))
         hosts = [p for w in cluster.workers.values() for p in child_pids(w.pid)]
@@ -222,6 +236,17 @@ def test_an_orchestrator_that_dies_leaves_nothing_on_the_workers(
         time.sleep(1)
     assert tasks == [] and left == [], (tasks, left)
     assert all(w.poll() is None for w in cluster.workers.values()), "the workers stay"
+    assert_nothing_left(cluster)
+
+
+def assert_nothing_left(cluster: Cluster) -> None:
+    """No site's folder is left at any worker (the site host removes it, or its task)."""
+    deadline = time.monotonic() + 20
+    while (left := [p for t in cluster.temp.values() for p in t.iterdir()]) and (
+        time.monotonic() < deadline
+    ):
+        time.sleep(0.2)
+    assert left == [], left
 
 
 def child_pids(pid: int) -> list[int]:

@@ -164,6 +164,7 @@ class SiteTask:
             return
         if op == "open":
             request["dir"] = str(self.folder / "site")
+            request["run_folder"] = str(self.folder)
             self._after[request["id"]] = lambda reply: reply.update(seal_key=self._key.public)
         elif op == "prepare":
             self._apps += 1

@@ -12,6 +12,9 @@ Requests: ``{"id": N, "op": ..., ...}``; every request gets ``{"reply": N, ...}`
 site prints (stamped with this host's clock: the orchestrator corrects for the offset) and
 ``{"exit": CODE, "failure": ..., "memory": {...}}`` when a step's agent ends. When its input
 closes (the connection is gone), it stops the site and exits: nothing of a run stays behind.
+After a ``close`` the orchestrator removes the run's folder at this host itself; if the
+connection went without one (the orchestrator or its worker died), this host removes it, the
+token and the sealed secrets in it with it (``run_folder`` of the ``open`` request).
 Imports only what the agent environment holds (no config, no relay server).
 """
 
@@ -79,6 +82,9 @@ class SiteHost:
         self._uids: UidBlock | None = None
         self._running: LocalRunningSite | None = None
         self._watcher: threading.Thread | None = None
+        self.run_folder: Path | None = None
+        """Everything of the run at this host (``open``); left to the orchestrator after a
+        ``close``."""
 
     def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         op = request.get("op")
@@ -92,6 +98,7 @@ class SiteHost:
         site is sandboxed (a host without bubblewrap gets a bare site: ``bare.py``)."""
         site_dir = Path(request["dir"])
         site_dir.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.run_folder = Path(request["run_folder"])
         limits = Limits(**request["limits"])
         sandboxed = shutil.which("bwrap") is not None
         if sandboxed:
@@ -181,6 +188,7 @@ def serve(inp: IO[str], out: IO[str]) -> None:
     root.addHandler(_ToChannel(channel))
     root.setLevel(logging.INFO)
     host = SiteHost(channel)
+    closed = False
     try:
         for text in inp:
             if not text.strip():
@@ -192,9 +200,12 @@ def serve(inp: IO[str], out: IO[str]) -> None:
                 answer = {"reply": request.get("id"), "error": f"{type(exc).__name__}: {exc}"}
             channel.send(answer)
             if request.get("op") == "close":
+                closed = True
                 break
     finally:
         host.close()
+        if not closed and host.run_folder is not None:
+            shutil.rmtree(host.run_folder, ignore_errors=True)
 
 
 def _exit_on_signal(signum: int, _frame: object) -> None:

@@ -186,6 +186,7 @@ class SshPlacement:
             site=self.name,
             run_id=self._run_id,
             dir=f"{self.folder}/site",
+            run_folder=self.folder,
             limits=asdict(self._limits),
         )
         after = time.time()
