@@ -142,23 +142,7 @@ def test_a_host_whose_link_is_cut_fails_the_run_within_seconds(
     and the host, and still collects the other sites' logs. Every site's app waits in its
     first state (the test app ``behave`` with ``hang``), so the cut falls mid-run."""
     network, (a, b, c) = hosts
-    sites: list[dict[str, Any]] = []
-    for name, host in (("site-a", a), ("site-b", b), ("site-c", c)):
-        data = tmp_path / "data" / name
-        data.mkdir(parents=True)
-        (data / "config.yml").write_text(yaml.safe_dump({"behave": {"value": 1, "hang": True}}))
-        sites.append({**ssh_site(name, host), "inputs": [str(data)]})
-    config = sites_config(tmp_path, sites).read_text().replace(str(MEAN_APP), str(BEHAVE_APP))
-    (tmp_path / "fedsim.toml").write_text(config)
-    env = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
-    env.update(HOME=str(home), FEDSIM_CACHE_DIR=str(cache_root()))
-    process = subprocess.Popen(
-        network.in_hub([sys.executable, "-m", "fedsim", "run", str(tmp_path / "fedsim.toml")]),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    process = start_hanging_run(network, home, tmp_path, (a, b, c))
     try:
         run_dir = wait_until_running(tmp_path / "runs", "site-c", process)
         b.cut_link()
@@ -182,6 +166,72 @@ def test_a_host_whose_link_is_cut_fails_the_run_within_seconds(
     for name in ("site-a", "site-c"):
         assert "app" in (run_dir / "sites" / name / "site.log").read_text()
         assert (run_dir / "sites" / name / "results.zip").is_file()
+
+
+def test_an_orchestrator_killed_outright_leaves_nothing_at_its_hosts(
+    hosts, home: Path, tmp_path: Path
+) -> None:
+    """fedsim killed with SIGKILL mid-run: each host's session ends with the connection, and
+    its site host stops the site and removes the run's folder there (the token and sealed
+    secrets in it), which after a ``close`` the orchestrator would have removed. (What an
+    earlier test left at a host, a cut link's session among it, is not this run's.)"""
+    network, (a, b, c) = hosts
+    before = {host.address: what_is_at(host) for host in (a, b, c)}
+    temp = tmp_path / "tmp"  # the orchestrator's private folder: nothing removes it after a kill
+    temp.mkdir()
+    process = start_hanging_run(network, home, tmp_path, (a, b, c), {"TMPDIR": str(temp)})
+    try:
+        wait_until_running(tmp_path / "runs", "site-c", process)
+        during = {host.address: what_is_at(host) for host in (a, b, c)}
+        process.kill()
+        process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    for address, (folders, site_hosts) in during.items():  # the check below can fail
+        assert len(folders - before[address][0]) == 1 and site_hosts == before[address][1] + 1
+    deadline = time.monotonic() + 30
+    while (after := {h.address: what_is_at(h) for h in (a, b, c)}) != before and (
+        time.monotonic() < deadline
+    ):
+        time.sleep(0.5)
+    assert after == before
+
+
+def what_is_at(host: SshHost) -> tuple[set[str], int]:
+    """The login user's run folders at ``host``, and how many site hosts it runs."""
+    folders = host.ssh("ls ~/.fedsim/runs 2>/dev/null").stdout.split()
+    site_hosts = host.ssh("pgrep -c -u $(id -u) -f 'fedsim[.]sites[.]remote_host'").stdout.strip()
+    return set(folders), int(site_hosts or 0)
+
+
+def start_hanging_run(
+    network: SshNetwork,
+    home: Path,
+    tmp_path: Path,
+    hosts: tuple[SshHost, ...],
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen[str]:
+    """fedsim run from the hub, a site on each host whose app waits in its first state (the
+    test app ``behave`` with ``hang``) until stopped; ``env``: more of fedsim's environment."""
+    sites: list[dict[str, Any]] = []
+    for name, host in zip(("site-a", "site-b", "site-c"), hosts, strict=True):
+        data = tmp_path / "data" / name
+        data.mkdir(parents=True)
+        (data / "config.yml").write_text(yaml.safe_dump({"behave": {"value": 1, "hang": True}}))
+        sites.append({**ssh_site(name, host), "inputs": [str(data)]})
+    config = sites_config(tmp_path, sites).read_text().replace(str(MEAN_APP), str(BEHAVE_APP))
+    (tmp_path / "fedsim.toml").write_text(config)
+    environment = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
+    environment.update(HOME=str(home), FEDSIM_CACHE_DIR=str(cache_root()), **(env or {}))
+    return subprocess.Popen(
+        network.in_hub([sys.executable, "-m", "fedsim", "run", str(tmp_path / "fedsim.toml")]),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment,
+    )
 
 
 def wait_until_running(runs: Path, site: str, process: subprocess.Popen[str]) -> Path:
