@@ -22,10 +22,11 @@ import tomli_w
 import yaml
 
 from fedsim.appenv import cache_root
+from fedsim.sites.remote_host import LOST_AFTER
 from fedsim.sites.wheelhouse import agent_wheelhouse, app_wheelhouse
 from tests.conftest import BEHAVE_APP, MEAN_APP, ROOT, run_dir_of
 from tests.ssh_configs import make_home, ssh_site, write_config
-from tests.sshd_hosts import SshHost, SshNetwork, ssh_network
+from tests.sshd_hosts import SshHost, SshNetwork, run_command, ssh_network
 from tests.test_controller import workflow_config
 from tests.test_hostile_apps import ESCAPES, hostile_run
 
@@ -140,15 +141,22 @@ def test_a_host_whose_link_is_cut_fails_the_run_within_seconds(
 ) -> None:
     """Cut, not a polite sshd exit: the host just stops answering. The run names the site
     and the host, and still collects the other sites' logs. Every site's app waits in its
-    first state (the test app ``behave`` with ``hang``), so the cut falls mid-run."""
+    first state (the test app ``behave`` with ``hang``), so the cut falls mid-run. The host,
+    whose sshd never learns that the connection is gone, hears no heartbeat and ends its
+    site by itself, run folder and all, while still cut off."""
     network, (a, b, c) = hosts
+    before = what_is_at(b)
     process = start_hanging_run(network, home, tmp_path, (a, b, c))
     try:
         run_dir = wait_until_running(tmp_path / "runs", "site-c", process)
+        assert what_is_at(b) != before  # the check at the end can fail
         b.cut_link()
         cut = time.monotonic()
         _, stderr = process.communicate(timeout=120)
         elapsed = time.monotonic() - cut
+        deadline = cut + LOST_AFTER + 15
+        while (left := what_is_at(b)) != before and time.monotonic() < deadline:
+            time.sleep(0.5)
     finally:
         b.restore_link()
         if process.poll() is None:
@@ -166,6 +174,7 @@ def test_a_host_whose_link_is_cut_fails_the_run_within_seconds(
     for name in ("site-a", "site-c"):
         assert "app" in (run_dir / "sites" / name / "site.log").read_text()
         assert (run_dir / "sites" / name / "results.zip").is_file()
+    assert left == before, "the cut-off host kept the run's site or its folder"
 
 
 def test_an_orchestrator_killed_outright_leaves_nothing_at_its_hosts(
@@ -200,10 +209,17 @@ def test_an_orchestrator_killed_outright_leaves_nothing_at_its_hosts(
 
 
 def what_is_at(host: SshHost) -> tuple[set[str], int]:
-    """The login user's run folders at ``host``, and how many site hosts it runs."""
-    folders = host.ssh("ls ~/.fedsim/runs 2>/dev/null").stdout.split()
-    site_hosts = host.ssh("pgrep -c -u $(id -u) -f 'fedsim[.]sites[.]remote_host'").stdout.strip()
-    return set(folders), int(site_hosts or 0)
+    """The run folders in the login user's home at ``host``, and how many site hosts run in
+    its namespace: seen from this machine, so also while its link is cut."""
+    runs = host.home / ".fedsim" / "runs"
+    folders = {p.name for p in runs.iterdir()} if runs.is_dir() else set()
+    site_hosts = 0
+    for pid in run_command("ip", "netns", "pids", host.namespace).stdout.split():
+        try:
+            site_hosts += b"fedsim.sites.remote_host" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:  # ended meanwhile
+            continue
+    return folders, site_hosts
 
 
 def start_hanging_run(

@@ -14,19 +14,25 @@ site prints (stamped with this host's clock: the orchestrator corrects for the o
 closes (the connection is gone), it stops the site and exits: nothing of a run stays behind.
 After a ``close`` the orchestrator removes the run's folder at this host itself; if the
 connection went without one (the orchestrator or its worker died), this host removes it, the
-token and the sealed secrets in it with it (``run_folder`` of the ``open`` request).
+token and the sealed secrets in it with it (``run_folder`` of the ``open`` request). A link
+cut without a word ends no session (sshd keeps it unless told to probe), so an ``open`` with
+``lost_after`` makes this host end itself the same way when the orchestrator has sent
+nothing, not even its heartbeat (``{"op": "heartbeat"}``, unanswered), for that long.
 Imports only what the agent environment holds (no config, no relay server).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import shutil
 import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -42,6 +48,11 @@ from fedsim.sites.seccomp import write_filter
 from fedsim.sites.uids import UidBlock
 
 WATCH_INTERVAL = 0.05
+HEARTBEAT = "heartbeat"
+HEARTBEAT_INTERVAL = 5.0
+"""How often an SSH placement writes its heartbeat to the site host."""
+LOST_AFTER = 20.0
+"""Silence for this long (four heartbeats missed, outside any request) and the host ends."""
 
 
 class Channel:
@@ -50,8 +61,16 @@ class Channel:
     def __init__(self, out: IO[str]) -> None:
         self._out = out
         self._lock = threading.Lock()
+        self._muted = False
+
+    def mute(self) -> None:
+        """Drop every message from now on: the orchestrator is gone, and with a cut link a
+        write blocks for ever once the pipe is full (a writer blocked so holds the lock)."""
+        self._muted = True
 
     def send(self, message: dict[str, Any]) -> None:
+        if self._muted:
+            return
         text = json.dumps(message, separators=(",", ":"))
         with self._lock:
             self._out.write(text + "\n")
@@ -73,6 +92,37 @@ class _ToChannel(logging.Handler):
         self._channel.line(FIELD_SEPARATOR.join(("site", record.levelname, message)))
 
 
+class Silence:
+    """Ends this host with SIGTERM (the loop's end then stops the site and removes the run's
+    folder) once nothing came from the orchestrator for ``lost_after`` seconds while the
+    host waited for it; the time a request takes does not count, as the lines that come
+    meanwhile are read only after it. The channel is muted first: nothing reads it."""
+
+    def __init__(self, lost_after: float, channel: Channel) -> None:
+        self._lost_after = lost_after
+        self._channel = channel
+        self._last = time.monotonic()
+        self._busy = False
+        threading.Thread(target=self._watch, name="silence", daemon=True).start()
+
+    def heard(self) -> None:
+        self._last = time.monotonic()
+
+    @contextlib.contextmanager
+    def busy(self) -> Iterator[None]:
+        self._busy = True
+        try:
+            yield
+        finally:
+            self._last, self._busy = time.monotonic(), False
+
+    def _watch(self) -> None:
+        while self._busy or time.monotonic() - self._last < self._lost_after:
+            time.sleep(1.0)
+        self._channel.mute()
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 class SiteHost:
     """One site for the length of a run, driven by requests (see the module docstring)."""
 
@@ -85,6 +135,8 @@ class SiteHost:
         self.run_folder: Path | None = None
         """Everything of the run at this host (``open``); left to the orchestrator after a
         ``close``."""
+        self.silence: Silence | None = None
+        """Set by an ``open`` with ``lost_after``."""
 
     def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         op = request.get("op")
@@ -99,6 +151,8 @@ class SiteHost:
         site_dir = Path(request["dir"])
         site_dir.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.run_folder = Path(request["run_folder"])
+        if request.get("lost_after") is not None:
+            self.silence = Silence(float(request["lost_after"]), self._channel)
         limits = Limits(**request["limits"])
         sandboxed = shutil.which("bwrap") is not None
         if sandboxed:
@@ -191,13 +245,19 @@ def serve(inp: IO[str], out: IO[str]) -> None:
     closed = False
     try:
         for text in inp:
+            if host.silence is not None:
+                host.silence.heard()
             if not text.strip():
                 continue
             request = json.loads(text)
-            try:
-                answer = {"reply": request.get("id"), **host.handle(request)}
-            except Exception as exc:  # the orchestrator reports it, naming the site
-                answer = {"reply": request.get("id"), "error": f"{type(exc).__name__}: {exc}"}
+            if request.get("op") == HEARTBEAT:
+                continue
+            with host.silence.busy() if host.silence is not None else contextlib.nullcontext():
+                try:
+                    answer = {"reply": request.get("id"), **host.handle(request)}
+                except Exception as exc:  # the orchestrator reports it, naming the site
+                    error = f"{type(exc).__name__}: {exc}"
+                    answer = {"reply": request.get("id"), "error": error}
             channel.send(answer)
             if request.get("op") == "close":
                 closed = True

@@ -44,6 +44,7 @@ from fedsim.sites.bare import unsandboxed_warning
 from fedsim.sites.base import AgentLaunch, AppBundle, LineSink, SiteStep
 from fedsim.sites.limits import Limits
 from fedsim.sites.provision import Provisioned, provision, remote_home_path
+from fedsim.sites.remote_host import HEARTBEAT, HEARTBEAT_INTERVAL, LOST_AFTER
 from fedsim.sites.remote_running import RemoteRunningSite, dispatch
 from fedsim.sites.ssh_connect import EventLoopThread, SshSession, connect, upload_secret
 from fedsim.sites.wheelhouse import Wheelhouse, agent_wheelhouse, app_wheelhouse
@@ -187,6 +188,7 @@ class SshPlacement:
             run_id=self._run_id,
             dir=f"{self.folder}/site",
             run_folder=self.folder,
+            lost_after=LOST_AFTER,
             limits=asdict(self._limits),
         )
         after = time.time()
@@ -323,7 +325,20 @@ class SshPlacement:
         self._readers = [
             asyncio.create_task(self._read_answers()),
             asyncio.create_task(self._read_errors()),
+            asyncio.create_task(self._heartbeat()),
         ]
+
+    async def _heartbeat(self) -> None:
+        """A line now and then, so that a host whose link was cut ends its site by itself
+        (``remote_host.Silence``): the host's sshd may never see the connection go."""
+        assert self._process is not None
+        line = json.dumps({"op": HEARTBEAT}) + "\n"
+        while True:
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
+            try:
+                self._process.stdin.write(line)
+            except (OSError, asyncssh.Error):
+                return
 
     async def _read_answers(self) -> None:
         assert self._process is not None
