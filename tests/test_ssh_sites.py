@@ -136,6 +136,21 @@ def test_local_and_ssh_sites_in_one_run(hosts, home: Path, tmp_path: Path) -> No
     print(f"mixed run: {time.monotonic() - start:.1f} s")
 
 
+def test_two_sites_on_one_host_and_login(hosts, home: Path, tmp_path: Path) -> None:
+    """Two sites of a run on the same host as the same user (two hospitals' data on one
+    server): each has a folder of its own there, and the means are the pooled ones."""
+    network, (a, b, _) = hosts
+    sites = [
+        {**ssh_site("site-a", a), "inputs": [str(DATA["site-a"])]},
+        {**ssh_site("site-b", a), "inputs": [str(DATA["site-b"])]},
+        {**ssh_site("site-c", b), "inputs": [str(DATA["site-c"])]},
+    ]
+    result = fedsim_in_hub(network, home, "run", str(sites_config(tmp_path, sites)))
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert_pooled_means(run_dir_of(result), list(DATA))
+    assert a.ssh("ls ~/.fedsim/runs 2>/dev/null | wc -l").stdout.strip() == "0"
+
+
 def test_a_host_whose_link_is_cut_fails_the_run_within_seconds(
     hosts, home: Path, tmp_path: Path
 ) -> None:

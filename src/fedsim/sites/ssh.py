@@ -104,9 +104,10 @@ class SshFamily:
         self._loop.close()
 
 
-def _run_folder(run_id: str) -> str:
-    """Short (a Unix socket's path has room for 107 bytes) and one per run."""
-    return hashlib.sha256(run_id.encode()).hexdigest()[:12]
+def _run_folder(run_id: str, site: str) -> str:
+    """Short (a Unix socket's path has room for 107 bytes) and one per run and site: two
+    sites of a run may share a host and its login."""
+    return hashlib.sha256(f"{run_id}/{site}".encode()).hexdigest()[:12]
 
 
 class SshPlacement:
@@ -178,7 +179,7 @@ class SshPlacement:
         self._session = loop.call(connect(self.name, self.target))
         self.workdir = loop.call(remote_home_path(self._session, self.target.workdir))
         agent = self._provision("agent", self._family.agent_wheels())
-        self.folder = f"{self.workdir}/runs/{_run_folder(self._run_id)}"
+        self.folder = f"{self.workdir}/runs/{_run_folder(self._run_id, self.name)}"
         loop.call(self._shell(f"umask 077 && mkdir -p {shlex.quote(self.folder)}"))
         loop.call(self._start_host(agent.env))
         before = time.time()
