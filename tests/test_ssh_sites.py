@@ -140,11 +140,8 @@ def test_two_sites_on_one_host_and_login(hosts, home: Path, tmp_path: Path) -> N
     """Two sites of a run on the same host as the same user (two hospitals' data on one
     server): each has a folder of its own there, and the means are the pooled ones."""
     network, (a, b, _) = hosts
-    sites = [
-        {**ssh_site("site-a", a), "inputs": [str(DATA["site-a"])]},
-        {**ssh_site("site-b", a), "inputs": [str(DATA["site-b"])]},
-        {**ssh_site("site-c", b), "inputs": [str(DATA["site-c"])]},
-    ]
+    placed = zip(DATA, (a, a, b), strict=True)
+    sites = [{**ssh_site(name, host), "inputs": [str(DATA[name])]} for name, host in placed]
     result = fedsim_in_hub(network, home, "run", str(sites_config(tmp_path, sites)))
     assert result.returncode == 0, result.stderr[-4000:]
     assert_pooled_means(run_dir_of(result), list(DATA))
