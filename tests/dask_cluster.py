@@ -88,6 +88,18 @@ def _start(
         return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
 
 
+def _scheduler_address(scheduler_file: Path, deadline: float) -> str:
+    """The address the scheduler wrote, once its file is whole: the file exists before its
+    text is in it (on a loaded machine a read found it empty)."""
+    while True:
+        try:
+            return str(json.loads(scheduler_file.read_text())["address"])
+        except (OSError, ValueError, KeyError):
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.1)
+
+
 @contextlib.contextmanager
 def dask_cluster(
     folder: Path,
@@ -116,10 +128,7 @@ def dask_cluster(
         processes = [scheduler]
         temps: list[Path] = []
         try:
-            deadline = time.monotonic() + 30
-            while not scheduler_file.exists() and time.monotonic() < deadline:
-                time.sleep(0.1)
-            address = json.loads(scheduler_file.read_text())["address"]
+            address = _scheduler_address(scheduler_file, deadline=time.monotonic() + 30)
             by_host = {}
             for i, host in enumerate(hosts):
                 options = ["--host", host.address, "--no-nanny", "--nthreads", "1"]
